@@ -1,0 +1,319 @@
+package schemas
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"path"
+	"reflect"
+	"slices"
+	"strings"
+
+	"github.com/hamba/avro/v2"
+	"github.com/hamba/avro/v2/soe"
+)
+
+// Errors a caller branches on when a payload cannot be read. Each is wrapped
+// with the detail of what was wrong.
+var (
+	// ErrFraming: the payload is not Avro single-object encoding (too short
+	// or wrong magic bytes).
+	ErrFraming = errors.New("not avro single-object encoding")
+	// ErrUnknownSchema: the payload's writer fingerprint names no schema
+	// the registry knows.
+	ErrUnknownSchema = errors.New("unknown writer schema fingerprint")
+	// ErrUnknownType: the Avro full name is not bound to a Go type.
+	ErrUnknownType = errors.New("unknown type")
+	// ErrBody: the binary body does not decode with the writer schema.
+	ErrBody = errors.New("body does not decode")
+)
+
+// Registry knows Avro schemas by full name and by fingerprint, and which Go
+// type each record name decodes into. It is filled once at start-up (Add,
+// AddFS, Bind) and is then safe for concurrent use by any number of
+// goroutines; adding to it after it is in use is a data race.
+//
+// Several schemas may share a full name: the last one added is the current
+// schema (the one values are written with); earlier ones stay known by their
+// fingerprint, so bytes written by an older version are still read, resolved
+// into the current Go type (Avro schema evolution).
+type Registry struct {
+	api    avro.API
+	cache  *avro.SchemaCache
+	byName map[string]*binding
+	byFP   map[uint64]avro.NamedSchema
+	byType map[reflect.Type]*binding
+}
+
+// binding is one Avro record name: its current schema, its Go type if bound,
+// and the resolved reader schemas for older writer schemas of the same name.
+type binding struct {
+	name     string
+	schema   avro.NamedSchema
+	header   []byte // magic + fingerprint of schema
+	fp       uint64
+	goType   reflect.Type
+	decode   func(schema avro.Schema, body []byte) (any, error)
+	resolved map[uint64]avro.Schema // writer fingerprint → schema to read it with
+}
+
+// NewRegistry returns a registry that already holds decider's own schemas
+// (decider.Reply, decider.Status, decider.Snapshot) bound to Reply and
+// Snapshot.
+func NewRegistry() *Registry {
+	r := &Registry{
+		api:    avro.Config{}.Freeze(),
+		cache:  &avro.SchemaCache{},
+		byName: map[string]*binding{},
+		byFP:   map[uint64]avro.NamedSchema{},
+		byType: map[reflect.Type]*binding{},
+	}
+	if err := r.AddFS(Files, "."); err != nil {
+		panic(fmt.Sprintf("decider's own schemas: %v", err)) // a build defect, caught by every test
+	}
+	if err := Bind[Reply](r, ReplyName); err != nil {
+		panic(err)
+	}
+	if err := Bind[Snapshot](r, SnapshotName); err != nil {
+		panic(err)
+	}
+	return r
+}
+
+// Add parses one .avsc document (a named record, enum or fixed) and makes it
+// the current schema of its full name. Names it references must have been
+// added before.
+func (r *Registry) Add(schemaJSON string) error {
+	s, err := avro.ParseWithCache(schemaJSON, "", r.cache)
+	if err != nil {
+		return fmt.Errorf("parse schema: %w", err)
+	}
+	named, ok := s.(avro.NamedSchema)
+	if !ok {
+		return fmt.Errorf("schema of type %s has no name: only named schemas can be registered", s.Type())
+	}
+	fp, err := soe.ComputeFingerprint(named)
+	if err != nil {
+		return fmt.Errorf("fingerprint %s: %w", named.FullName(), err)
+	}
+	key := binary.LittleEndian.Uint64(fp)
+	if _, dup := r.byFP[key]; dup {
+		return nil // the same schema twice is harmless
+	}
+	r.byFP[key] = named
+	b := r.byName[named.FullName()]
+	if b == nil {
+		b = &binding{name: named.FullName(), resolved: map[uint64]avro.Schema{}}
+		r.byName[b.name] = b
+	}
+	b.schema = named
+	b.fp = key
+	b.header = append(slices.Clip(soe.Magic), fp...)
+	return r.resolveAll(b)
+}
+
+// AddFS adds every *.avsc file in dir of fsys. Files may reference each
+// other's names in any order: a file whose references are not yet known is
+// retried after the others.
+func (r *Registry) AddFS(fsys fs.FS, dir string) error {
+	names, err := fs.Glob(fsys, path.Join(dir, "*.avsc"))
+	if err != nil {
+		return fmt.Errorf("list schemas in %s: %w", dir, err)
+	}
+	pending := map[string]string{}
+	for _, n := range names {
+		b, err := fs.ReadFile(fsys, n)
+		if err != nil {
+			return fmt.Errorf("read schema %s: %w", n, err)
+		}
+		pending[n] = string(b)
+	}
+	for len(pending) > 0 {
+		var errs []error
+		progress := false
+		for _, n := range slices.Sorted(maps.Keys(pending)) {
+			if err := r.Add(pending[n]); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", n, err))
+				continue
+			}
+			delete(pending, n)
+			progress = true
+		}
+		if !progress {
+			return errors.Join(errs...)
+		}
+	}
+	return nil
+}
+
+// resolveAll (re)computes, for every known writer schema of b's name, the
+// schema that reads it into b's current schema.
+func (r *Registry) resolveAll(b *binding) error {
+	clear(b.resolved)
+	sc := avro.NewSchemaCompatibility()
+	for fp, w := range r.byFP {
+		if w.FullName() != b.name || fp == b.fp {
+			continue
+		}
+		res, err := sc.Resolve(b.schema, w)
+		if err != nil {
+			return fmt.Errorf("schema %s: an earlier version (fingerprint %016x) cannot be read by the current one: %w", b.name, fp, err)
+		}
+		b.resolved[fp] = res
+	}
+	return nil
+}
+
+// Bind makes values of Go type T encode with, and the record named name
+// decode into, T. T is a struct with `avro:"field"` tags. Bind fails when
+// the name is unknown, is not a record, or T does not fit the schema.
+func Bind[T any](r *Registry, name string) error {
+	b := r.byName[name]
+	if b == nil {
+		return fmt.Errorf("bind %T: %w: no schema named %q", *new(T), ErrUnknownType, name)
+	}
+	if b.schema.Type() != avro.Record {
+		return fmt.Errorf("bind %T: %s is a %s, not a record", *new(T), name, b.schema.Type())
+	}
+	t := reflect.TypeFor[T]()
+	if other, ok := r.byType[t]; ok && other != b {
+		return fmt.Errorf("bind %s: already bound to %s", t, other.name)
+	}
+	if err := fits(t, b.schema.(*avro.RecordSchema)); err != nil {
+		return fmt.Errorf("bind %s to %s: %w", t, name, err)
+	}
+	b.goType = t
+	b.decode = func(s avro.Schema, body []byte) (any, error) {
+		var v T
+		if err := r.api.Unmarshal(s, body, &v); err != nil {
+			return nil, err
+		}
+		return v, nil
+	}
+	r.byType[t] = b
+	return nil
+}
+
+// fits checks that struct t has a field for every field of the record, by
+// its `avro` tag or, without one, its Go name. Field types are checked by
+// the first encode.
+func fits(t reflect.Type, rec *avro.RecordSchema) error {
+	if t.Kind() != reflect.Struct {
+		return fmt.Errorf("%s is not a struct", t)
+	}
+	have := map[string]bool{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := f.Name
+		if tag, ok := f.Tag.Lookup("avro"); ok {
+			name, _, _ = strings.Cut(tag, ",")
+		}
+		have[name] = true
+	}
+	var missing []string
+	for _, f := range rec.Fields() {
+		if !have[f.Name()] {
+			missing = append(missing, f.Name())
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("no Go field for record fields %v (tag them `avro:\"name\"`)", missing)
+	}
+	return nil
+}
+
+// Encode writes v in single-object encoding with the current schema of the
+// record its Go type is bound to, and returns that record's full name.
+func (r *Registry) Encode(v any) (name string, data []byte, err error) {
+	b := r.byType[reflect.TypeOf(v)]
+	if b == nil {
+		return "", nil, fmt.Errorf("encode %T: %w: no schema is bound to this Go type", v, ErrUnknownType)
+	}
+	data, err = r.encode(b, v)
+	return b.name, data, err
+}
+
+func (r *Registry) encode(b *binding, v any) ([]byte, error) {
+	w := avro.NewWriter(nil, 64, avro.WithWriterConfig(r.api))
+	_, _ = w.Write(b.header)
+	w.WriteVal(b.schema, v)
+	if w.Error != nil {
+		return nil, fmt.Errorf("encode %s: %w", b.name, w.Error)
+	}
+	return w.Buffer(), nil
+}
+
+// Decode reads single-object encoded data as the record named name and
+// returns a value of the Go type bound to it (not a pointer). The writer
+// schema is found by the fingerprint in data; it must be a known version of
+// name. Errors wrap ErrUnknownType, ErrFraming, ErrUnknownSchema or ErrBody.
+func (r *Registry) Decode(name string, data []byte) (any, error) {
+	b := r.byName[name]
+	if b == nil || b.decode == nil {
+		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
+	}
+	fp, body, err := splitHeader(data)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", name, err)
+	}
+	schema := avro.Schema(b.schema)
+	if fp != b.fp {
+		res, ok := b.resolved[fp]
+		if !ok {
+			if w, known := r.byFP[fp]; known {
+				return nil, fmt.Errorf("decode %s: %w: payload was written as %s", name, ErrUnknownSchema, w.FullName())
+			}
+			return nil, fmt.Errorf("decode %s: %w %016x", name, ErrUnknownSchema, fp)
+		}
+		schema = res
+	}
+	v, err := b.decode(schema, body)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
+	}
+	return v, nil
+}
+
+// splitHeader returns the writer fingerprint and the body of a
+// single-object encoded payload.
+func splitHeader(data []byte) (uint64, []byte, error) {
+	if len(data) < 10 || data[0] != soe.Magic[0] || data[1] != soe.Magic[1] {
+		return 0, nil, fmt.Errorf("%w: %d bytes starting %x", ErrFraming, len(data), data[:min(len(data), 2)])
+	}
+	return binary.LittleEndian.Uint64(data[2:10]), data[10:], nil
+}
+
+// Schema returns the current schema of a full name.
+func (r *Registry) Schema(name string) (avro.NamedSchema, bool) {
+	b := r.byName[name]
+	if b == nil {
+		return nil, false
+	}
+	return b.schema, true
+}
+
+// Bound reports whether name is bound to a Go type, and which.
+func (r *Registry) Bound(name string) (reflect.Type, bool) {
+	b := r.byName[name]
+	if b == nil || b.goType == nil {
+		return nil, false
+	}
+	return b.goType, true
+}
+
+// Fingerprint returns the CRC-64-AVRO fingerprint of the current schema of
+// name, as the 8 little-endian bytes that follow the magic on the wire.
+func (r *Registry) Fingerprint(name string) ([]byte, bool) {
+	b := r.byName[name]
+	if b == nil {
+		return nil, false
+	}
+	return slices.Clone(b.header[2:]), true
+}
+
+// ShortName returns the last dot-separated part of an Avro full name.
+func ShortName(fullName string) string {
+	return fullName[strings.LastIndexByte(fullName, '.')+1:]
+}

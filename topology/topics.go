@@ -1,0 +1,130 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+)
+
+// PartitionMismatchError says that an existing topic does not have the
+// partition count its aggregate type declares. decider refuses to run on it:
+// commands, events and snapshots of one aggregate must share a partition.
+type PartitionMismatchError struct {
+	Topic string
+	Want  int32 // the aggregate type's partition count
+	Got   int32 // the topic's
+}
+
+func (e *PartitionMismatchError) Error() string {
+	return fmt.Sprintf("topic %s has %d partitions, its aggregate type declares %d: partition counts never change after creation; recreate the topic or declare %d", e.Topic, e.Got, e.Want, e.Got)
+}
+
+// ErrNotCompacted: a snapshots topic exists without cleanup.policy=compact,
+// so the changelog would grow without bound or lose snapshots to retention.
+var ErrNotCompacted = errors.New("snapshots topic is not compacted")
+
+// ErrMissingTopic: VerifyTopics found a topic that does not exist.
+var ErrMissingTopic = errors.New("topic does not exist")
+
+// TopicOptions says how EnsureTopics creates missing topics.
+type TopicOptions struct {
+	// ReplicationFactor of created topics; 0 or -1 means the broker's
+	// default.
+	ReplicationFactor int16
+}
+
+// EnsureTopics creates the missing topics of every aggregate type of app
+// (snapshots with cleanup.policy=compact) and verifies the existing ones
+// (see VerifyTopics).
+func EnsureTopics(ctx context.Context, adm *kadm.Client, app *App, o TopicOptions) error {
+	rf := o.ReplicationFactor
+	if rf == 0 {
+		rf = -1
+	}
+	compact := "compact"
+	for _, agg := range app.aggregates {
+		t := app.Topics(agg)
+		existing, err := adm.ListTopics(ctx, t.all()...)
+		if err != nil {
+			return fmt.Errorf("list topics of %s: %w", agg.name, err)
+		}
+		for _, name := range t.all() {
+			if existing.Has(name) {
+				continue
+			}
+			var configs map[string]*string
+			if name == t.Snapshots {
+				configs = map[string]*string{"cleanup.policy": &compact}
+			}
+			resp, err := adm.CreateTopic(ctx, agg.partitions, rf, configs, name)
+			if err == nil {
+				err = resp.Err
+			}
+			if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+				return fmt.Errorf("create topic %s: %w", name, err)
+			}
+		}
+	}
+	return VerifyTopics(ctx, adm, app)
+}
+
+// VerifyTopics checks that the topics of every aggregate type exist, that
+// commands, events and snapshots have the declared partition count
+// (*PartitionMismatchError otherwise), and that snapshots is compacted
+// (ErrNotCompacted otherwise). It creates nothing.
+func VerifyTopics(ctx context.Context, adm *kadm.Client, app *App) error {
+	var errs []error
+	for _, agg := range app.aggregates {
+		t := app.Topics(agg)
+		details, err := adm.ListTopics(ctx, t.all()...)
+		if err != nil {
+			return fmt.Errorf("list topics of %s: %w", agg.name, err)
+		}
+		for _, name := range t.all() {
+			d, ok := details[name]
+			if !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+				errs = append(errs, fmt.Errorf("%w: %s", ErrMissingTopic, name))
+				continue
+			}
+			if d.Err != nil {
+				errs = append(errs, fmt.Errorf("topic %s: %w", name, d.Err))
+				continue
+			}
+			if got := int32(len(d.Partitions)); got != agg.partitions && name != t.Replies && name != t.DLQ {
+				errs = append(errs, &PartitionMismatchError{Topic: name, Want: agg.partitions, Got: got})
+			}
+		}
+		if err := verifyCompacted(ctx, adm, t.Snapshots); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func verifyCompacted(ctx context.Context, adm *kadm.Client, topic string) error {
+	rcs, err := adm.DescribeTopicConfigs(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("describe configs of %s: %w", topic, err)
+	}
+	rc, err := rcs.On(topic, nil)
+	if err == nil {
+		err = rc.Err
+	}
+	if err != nil {
+		return fmt.Errorf("describe configs of %s: %w", topic, err)
+	}
+	for _, c := range rc.Configs {
+		if c.Key == "cleanup.policy" && c.Value != nil && strings.Contains(*c.Value, "compact") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s needs cleanup.policy=compact", ErrNotCompacted, topic)
+}
+
+func (t Topics) all() []string {
+	return []string{t.Commands, t.Events, t.Snapshots, t.Replies, t.DLQ}
+}
