@@ -1,0 +1,21 @@
+// Package statestore is a worker's local state: a Pebble database that holds
+// the latest snapshot of every aggregate by (aggregate type, partition, id),
+// and per partition a checkpoint, the next offset of the changelog (the
+// A.T.snapshots topic) that the store does not reflect yet.
+//
+// The store is a cache of the changelog, never a second source of truth:
+//
+//   - The processor collects a transaction's snapshots in an Overlay and
+//     calls Apply only after Kafka committed the transaction. Snapshots and
+//     their checkpoint go in one Pebble batch, so the store is always a
+//     prefix of the committed changelog of each partition: never ahead of
+//     Kafka, possibly behind (a crash after the commit, before Apply).
+//   - Restore catches a partition up from its checkpoint to the changelog's
+//     last stable offset (read_committed). A checkpoint that no longer fits
+//     the log (below its start, or past its end) drops the partition's
+//     state and restores it fully; it never continues from a silently
+//     partial store.
+//
+// The package knows nothing of consumer groups: it reads one changelog
+// partition with a plain client.
+package statestore

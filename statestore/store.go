@@ -1,0 +1,182 @@
+package statestore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// ErrNotFound is returned by Get for an aggregate the store has no snapshot
+// of.
+var ErrNotFound = errors.New("statestore: not found")
+
+// Options configures a Store. The zero value is a good default.
+type Options struct {
+	// CacheSize is Pebble's block cache in bytes. Default 64 MiB.
+	CacheSize int64
+	// Sync makes every Apply durable with fsync before it returns. Off by
+	// default: the store is a cache of the changelog, and a write lost in a
+	// machine crash is restored from the changelog from the checkpoint,
+	// which is lost with it.
+	Sync bool
+}
+
+// Store is the local state of a worker: the latest snapshot of every
+// aggregate of the partitions it owns (or owned), and for each partition the
+// checkpoint, the next changelog offset not yet reflected in the store.
+//
+// A snapshot and the checkpoint that covers it are written in one Pebble
+// batch, so the store always holds a prefix of the committed changelog of
+// each partition: never ahead of Kafka, possibly behind.
+//
+// Store is safe for concurrent use; callers keep writes of one partition in
+// one goroutine at a time (Apply, Restore and Drop of the same partition
+// must not overlap).
+type Store struct {
+	db    *pebble.DB
+	cache *pebble.Cache
+	wo    *pebble.WriteOptions
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, o *Options) (*Store, error) {
+	if o == nil {
+		o = &Options{}
+	}
+	size := o.CacheSize
+	if size <= 0 {
+		size = 64 << 20
+	}
+	cache := pebble.NewCache(size)
+	db, err := pebble.Open(dir, &pebble.Options{Cache: cache, Logger: quietLogger{}})
+	if err != nil {
+		cache.Unref()
+		return nil, fmt.Errorf("open state store %s: %w", dir, err)
+	}
+	wo := pebble.NoSync
+	if o.Sync {
+		wo = pebble.Sync
+	}
+	return &Store{db: db, cache: cache, wo: wo}, nil
+}
+
+// Close flushes and closes the store. Call it once.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	s.cache.Unref()
+	return err
+}
+
+// Key layout: 's' type 0x00 partition(4, big endian) id → snapshot record
+// value; 'c' type 0x00 partition(4) → checkpoint (8, big endian).
+func partitionPrefix(kind byte, typ string, p int32) []byte {
+	k := make([]byte, 0, len(typ)+6+16)
+	k = append(k, kind)
+	k = append(k, typ...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint32(k, uint32(p))
+}
+
+func snapshotKey(typ string, p int32, id string) []byte {
+	return append(partitionPrefix('s', typ, p), id...)
+}
+
+func checkpointKey(typ string, p int32) []byte { return partitionPrefix('c', typ, p) }
+
+// Get returns the snapshot record value of aggregate id in partition p of
+// type typ, or ErrNotFound.
+func (s *Store) Get(typ string, p int32, id string) ([]byte, error) {
+	v, closer, err := s.db.Get(snapshotKey(typ, p, id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s/%d/%s: %w", typ, p, id, err)
+	}
+	out := append([]byte(nil), v...)
+	return out, closer.Close()
+}
+
+// Checkpoint returns the next changelog offset of partition p of typ that
+// the store does not reflect yet: 0 for a partition it never saw.
+func (s *Store) Checkpoint(typ string, p int32) (int64, error) {
+	v, closer, err := s.db.Get(checkpointKey(typ, p))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("checkpoint %s/%d: %w", typ, p, err)
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("checkpoint %s/%d: corrupt value of %d bytes", typ, p, len(v))
+	}
+	return int64(binary.BigEndian.Uint64(v)), nil
+}
+
+// Apply writes the overlay's snapshots of its partition and the checkpoint
+// next (the changelog offset after them) in one batch. Call it only once
+// the transaction that produced those snapshots is committed in Kafka.
+func (s *Store) Apply(o *Overlay, next int64) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for id, e := range o.entries {
+		if err := put(b, snapshotKey(o.typ, o.partition, id), e.Value); err != nil {
+			return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
+		}
+	}
+	if err := b.Set(checkpointKey(o.typ, o.partition), binary.BigEndian.AppendUint64(nil, uint64(next)), nil); err != nil {
+		return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
+	}
+	if err := b.Commit(s.wo); err != nil {
+		return fmt.Errorf("apply %s/%d at %d: %w", o.typ, o.partition, next, err)
+	}
+	return nil
+}
+
+func put(b *pebble.Batch, key, value []byte) error {
+	if value == nil {
+		return b.Delete(key, nil)
+	}
+	return b.Set(key, value, nil)
+}
+
+// Drop deletes every snapshot and the checkpoint of partition p of typ.
+func (s *Store) Drop(typ string, p int32) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, kind := range []byte{'s', 'c'} {
+		if err := b.DeleteRange(partitionPrefix(kind, typ, p), partitionPrefix(kind, typ, p+1), nil); err != nil {
+			return fmt.Errorf("drop %s/%d: %w", typ, p, err)
+		}
+	}
+	if err := b.Commit(s.wo); err != nil {
+		return fmt.Errorf("drop %s/%d: %w", typ, p, err)
+	}
+	return nil
+}
+
+// Count returns the number of snapshots stored for partition p of typ.
+func (s *Store) Count(typ string, p int32) (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: partitionPrefix('s', typ, p), UpperBound: partitionPrefix('s', typ, p+1)})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	return n, it.Close()
+}
+
+// quietLogger drops Pebble's informational logs; errors surface as returned
+// errors, and Fatalf still stops the process as Pebble requires.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}

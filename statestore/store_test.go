@@ -1,0 +1,207 @@
+package statestore
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+const topic = "bank.account.snapshots"
+
+func openStore(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestApplyGetDrop(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	if _, err := s.Get("account", 0, "a"); err != ErrNotFound {
+		t.Fatalf("Get on empty store: %v, want ErrNotFound", err)
+	}
+	o := NewOverlay("account", 0)
+	o.Put("a", Entry{Value: []byte("a1")})
+	o.Put("a", Entry{Value: []byte("a2")})
+	o.Put("b", Entry{Value: []byte("b1")})
+	if err := s.Apply(o, 7); err != nil {
+		t.Fatal(err)
+	}
+	other := NewOverlay("account", 1)
+	other.Put("a", Entry{Value: []byte("other")})
+	if err := s.Apply(other, 3); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := s.Get("account", 0, "a"); err != nil || string(v) != "a2" {
+		t.Fatalf("Get a = %q, %v; want the last Put", v, err)
+	}
+	if c, _ := s.Checkpoint("account", 0); c != 7 {
+		t.Fatalf("checkpoint = %d, want 7", c)
+	}
+	if err := s.Drop("account", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get("account", 0, "b"); err != ErrNotFound {
+		t.Fatalf("Get after Drop: %v", err)
+	}
+	if c, _ := s.Checkpoint("account", 0); c != 0 {
+		t.Fatalf("checkpoint after Drop = %d", c)
+	}
+	if v, _ := s.Get("account", 1, "a"); string(v) != "other" {
+		t.Fatalf("Drop of partition 0 touched partition 1: %q", v)
+	}
+}
+
+// changelog starts a broker with a two-partition snapshots topic.
+func changelog(t *testing.T) (Changelog, *kgo.Client) {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	opts := []kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}
+	cl, err := kgo.NewClient(append(opts, kgo.TransactionalID("test-writer"), kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return Changelog{Topic: topic, Kafka: opts}, cl
+}
+
+// txn writes key=value pairs to partition 0 in one transaction and commits
+// or aborts it.
+func txn(t *testing.T, cl *kgo.Client, commit bool, kv ...string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(kv); i += 2 {
+		r := &kgo.Record{Key: []byte(kv[i]), Value: []byte(kv[i+1])}
+		if kv[i+1] == "" {
+			r.Value = nil
+		}
+		if err := cl.ProduceSync(ctx, r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.EndTransaction(ctx, kgo.TransactionEndTry(commit)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func get(t *testing.T, s *Store, id string) string {
+	t.Helper()
+	v, err := s.Get("account", 0, id)
+	if err == ErrNotFound {
+		return "<none>"
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(v)
+}
+
+// Restore reads only committed snapshots, newest wins, tombstones delete,
+// and a second restore continues from the checkpoint.
+func TestRestore(t *testing.T) {
+	src, w := changelog(t)
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+
+	txn(t, w, true, "a", "a1", "b", "b1")
+	txn(t, w, false, "a", "aborted", "c", "aborted")
+	txn(t, w, true, "a", "a2", "d", "d1", "d", "")
+	txn(t, w, false, "b", "aborted at the tail")
+
+	st, err := s.Restore(ctx, src, "account", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Records != 5 || st.Full || st.From != 0 {
+		t.Fatalf("stats %+v: want 5 committed records from 0", st)
+	}
+	for id, want := range map[string]string{"a": "a2", "b": "b1", "c": "<none>", "d": "<none>"} {
+		if got := get(t, s, id); got != want {
+			t.Errorf("%s = %q, want %q", id, got, want)
+		}
+	}
+	cp, _ := s.Checkpoint("account", 0)
+	if cp != st.To {
+		t.Fatalf("checkpoint %d, want the end %d", cp, st.To)
+	}
+
+	txn(t, w, true, "b", "b2")
+	st, err = s.Restore(ctx, src, "account", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.From != cp || st.Records != 1 {
+		t.Fatalf("second restore %+v: want 1 record from %d", st, cp)
+	}
+	if got := get(t, s, "b"); got != "b2" {
+		t.Fatalf("b = %q after second restore", got)
+	}
+	// Nothing new: restore is a no-op that reads nothing.
+	if st, err = s.Restore(ctx, src, "account", 0); err != nil || st.Records != 0 {
+		t.Fatalf("idle restore: %+v, %v", st, err)
+	}
+}
+
+// A checkpoint below the log start (records deleted) drops the partition's
+// state and restores it fully (KAFKA-20663); a checkpoint past the end (topic
+// recreated) likewise.
+func TestRestoreOutOfRangeCheckpoint(t *testing.T) {
+	src, w := changelog(t)
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	for i := range 5 {
+		txn(t, w, true, fmt.Sprint("k", i), "v")
+	}
+	// Local state from an older life of the log: a stale aggregate and a
+	// checkpoint of 2.
+	o := NewOverlay("account", 0)
+	o.Put("stale", Entry{Value: []byte("x")})
+	if err := s.Apply(o, 2); err != nil {
+		t.Fatal(err)
+	}
+	adm := kadm.NewClient(w)
+	del := kadm.Offsets{}
+	del.Add(kadm.Offset{Topic: topic, Partition: 0, At: 6})
+	if _, err := adm.DeleteRecords(ctx, del); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Restore(ctx, src, "account", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Full || st.From != 6 {
+		t.Fatalf("stats %+v: want a full restore from the log start 6", st)
+	}
+	if got := get(t, s, "stale"); got != "<none>" {
+		t.Fatalf("stale state survived a full restore: %q", got)
+	}
+	if got := get(t, s, "k4"); got != "v" {
+		t.Fatalf("k4 = %q", got)
+	}
+
+	// Past the end.
+	o.Put("stale", Entry{Value: []byte("x")})
+	if err := s.Apply(o, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = s.Restore(ctx, src, "account", 0); err != nil || !st.Full {
+		t.Fatalf("checkpoint past the end: %+v, %v; want a full restore", st, err)
+	}
+	if got := get(t, s, "stale"); got != "<none>" {
+		t.Fatalf("stale state survived: %q", got)
+	}
+}
