@@ -11,7 +11,8 @@
 //     prefix of the committed changelog of each partition: never ahead of
 //     Kafka, possibly behind (a crash after the commit, before Apply).
 //   - Restore catches a partition up from its checkpoint to the changelog's
-//     last stable offset (read_committed). A checkpoint that no longer fits
+//     high watermark (read_committed, so it waits for open transactions to
+//     end and keeps only committed snapshots). A checkpoint that no longer fits
 //     the log (below its start, or past its end) drops the partition's
 //     state and restores it fully; it never continues from a silently
 //     partial store.

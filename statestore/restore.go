@@ -33,8 +33,8 @@ type RestoreStats struct {
 const restoreBatch = 4096
 
 // Restore brings partition p of type typ up to date: it reads the changelog
-// partition (read_committed) from the stored checkpoint to the last stable
-// offset and writes every snapshot it finds, with the checkpoint after each
+// partition (read_committed) from the stored checkpoint to the high
+// watermark, and writes every snapshot it finds, with the checkpoint after each
 // batch.
 //
 // When the checkpoint is below the log start offset (records were deleted:
@@ -125,8 +125,12 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 	return st, nil
 }
 
-// bounds returns the log start offset and the last stable offset of a
-// partition.
+// bounds returns the log start offset and the high watermark of a
+// partition. Restore reads to the high watermark, not to the last stable
+// offset: a transaction whose EndTxn returned may not have its markers
+// written yet, and its snapshots are below the high watermark but above the
+// last stable offset. Reading read_committed to the high watermark waits for
+// every transaction open at that moment to end, then sees its markers.
 func bounds(ctx context.Context, adm *kadm.Client, topic string, p int32) (int64, int64, error) {
 	starts, err := adm.ListStartOffsets(ctx, topic)
 	if err == nil {
@@ -135,7 +139,7 @@ func bounds(ctx context.Context, adm *kadm.Client, topic string, p int32) (int64
 	if err != nil {
 		return 0, 0, fmt.Errorf("list start offsets: %w", err)
 	}
-	ends, err := adm.ListCommittedOffsets(ctx, topic)
+	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err == nil {
 		err = ends.Error()
 	}

@@ -38,45 +38,23 @@ type TopicOptions struct {
 }
 
 // EnsureTopics creates the missing topics of every aggregate type of app
-// (snapshots with cleanup.policy=compact) and verifies the existing ones
-// (see VerifyTopics).
+// (snapshots with cleanup.policy=compact) and verifies the existing ones as
+// VerifyTopics does.
 func EnsureTopics(ctx context.Context, adm *kadm.Client, app *App, o TopicOptions) error {
-	rf := o.ReplicationFactor
-	if rf == 0 {
-		rf = -1
-	}
-	compact := "compact"
-	for _, agg := range app.aggregates {
-		t := app.Topics(agg)
-		existing, err := adm.ListTopics(ctx, t.all()...)
-		if err != nil {
-			return fmt.Errorf("list topics of %s: %w", agg.name, err)
-		}
-		for _, name := range t.all() {
-			if existing.Has(name) {
-				continue
-			}
-			var configs map[string]*string
-			if name == t.Snapshots {
-				configs = map[string]*string{"cleanup.policy": &compact}
-			}
-			resp, err := adm.CreateTopic(ctx, agg.partitions, rf, configs, name)
-			if err == nil {
-				err = resp.Err
-			}
-			if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
-				return fmt.Errorf("create topic %s: %w", name, err)
-			}
-		}
-	}
-	return VerifyTopics(ctx, adm, app)
+	return checkTopics(ctx, adm, app, &o)
 }
 
-// VerifyTopics checks that the topics of every aggregate type exist, that
-// commands, events and snapshots have the declared partition count
-// (*PartitionMismatchError otherwise), and that snapshots is compacted
-// (ErrNotCompacted otherwise). It creates nothing.
+// VerifyTopics checks that the topics of every aggregate type exist
+// (ErrMissingTopic otherwise), that commands, events and snapshots have the
+// declared partition count (*PartitionMismatchError otherwise), and that
+// snapshots is compacted (ErrNotCompacted otherwise). It creates nothing.
 func VerifyTopics(ctx context.Context, adm *kadm.Client, app *App) error {
+	return checkTopics(ctx, adm, app, nil)
+}
+
+// checkTopics verifies the topics that exist and, when create is set,
+// creates the others; without it, a missing topic is an error.
+func checkTopics(ctx context.Context, adm *kadm.Client, app *App, create *TopicOptions) error {
 	var errs []error
 	for _, agg := range app.aggregates {
 		t := app.Topics(agg)
@@ -86,23 +64,46 @@ func VerifyTopics(ctx context.Context, adm *kadm.Client, app *App) error {
 		}
 		for _, name := range t.all() {
 			d, ok := details[name]
-			if !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
+			switch {
+			case (!ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition)) && create != nil:
+				errs = append(errs, createTopic(ctx, adm, name, agg.partitions, name == t.Snapshots, create))
+				continue
+			case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
 				errs = append(errs, fmt.Errorf("%w: %s", ErrMissingTopic, name))
 				continue
-			}
-			if d.Err != nil {
+			case d.Err != nil:
 				errs = append(errs, fmt.Errorf("topic %s: %w", name, d.Err))
 				continue
 			}
 			if got := int32(len(d.Partitions)); got != agg.partitions && name != t.Replies && name != t.DLQ {
 				errs = append(errs, &PartitionMismatchError{Topic: name, Want: agg.partitions, Got: got})
 			}
-		}
-		if err := verifyCompacted(ctx, adm, t.Snapshots); err != nil {
-			errs = append(errs, err)
+			if name == t.Snapshots {
+				errs = append(errs, verifyCompacted(ctx, adm, name))
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func createTopic(ctx context.Context, adm *kadm.Client, name string, partitions int32, compacted bool, o *TopicOptions) error {
+	rf := o.ReplicationFactor
+	if rf == 0 {
+		rf = -1
+	}
+	var configs map[string]*string
+	if compacted {
+		compact := "compact"
+		configs = map[string]*string{"cleanup.policy": &compact}
+	}
+	resp, err := adm.CreateTopic(ctx, partitions, rf, configs, name)
+	if err == nil {
+		err = resp.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s: %w", name, err)
+	}
+	return nil
 }
 
 func verifyCompacted(ctx context.Context, adm *kadm.Client, topic string) error {

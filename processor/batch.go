@@ -1,0 +1,409 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/deciderhq/decider/schemas"
+	"github.com/deciderhq/decider/statestore"
+	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// batch is one transaction's work: the commands of one poll, partition by
+// partition, and what they produced.
+type batch struct {
+	w        *Worker
+	produced sync.WaitGroup // records whose promise has not run yet
+
+	mu    sync.Mutex
+	err   error // the first reason the transaction must abort
+	parts []*partBatch
+}
+
+func newBatch(w *Worker) *batch { return &batch{w: w} }
+
+func (b *batch) abort(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+func (b *batch) abortReason() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}
+
+// run decides the records of one partition, in offset order, once the
+// partition is restored.
+func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
+	a, ok := b.w.partition(ftp.Topic, ftp.Partition)
+	if !ok {
+		b.abort(fmt.Errorf("%s/%d is no longer assigned", ftp.Topic, ftp.Partition))
+		return
+	}
+	select {
+	case <-a.ready:
+	case <-a.ctx.Done():
+		b.abort(fmt.Errorf("%s/%d revoked while restoring", ftp.Topic, ftp.Partition))
+		return
+	case <-ctx.Done():
+		b.abort(fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
+		return
+	}
+	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition)}
+	b.mu.Lock()
+	b.parts = append(b.parts, pb)
+	b.mu.Unlock()
+	for _, r := range ftp.Records {
+		if err := pb.handle(ctx, r); err != nil {
+			b.abort(err)
+			return
+		}
+	}
+}
+
+// apply writes the committed overlays to the store. A partition that was
+// revoked (and maybe reassigned) since the batch began is skipped: its next
+// restore reads these committed snapshots from the changelog.
+func (b *batch) apply() error {
+	for _, pb := range b.parts {
+		if pb.overlay.Len() == 0 {
+			continue
+		}
+		lock := b.w.lock(pb.a.key)
+		lock.Lock()
+		cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition)
+		var err error
+		if ok && cur == pb.a {
+			err = b.w.cfg.Store.Apply(pb.overlay, pb.next.Load())
+		}
+		lock.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreAgain makes every partition of the batch restore before its next
+// command.
+func (b *batch) restoreAgain() {
+	for _, pb := range b.parts {
+		b.w.reassign(pb.a)
+	}
+}
+
+// produce sends r in the open transaction; onOffset, if set, gets its
+// offset once written. A failed record aborts the transaction.
+func (b *batch) produce(r *kgo.Record, onOffset func(int64)) {
+	b.produced.Add(1)
+	b.w.sess.Produce(context.Background(), r, func(r *kgo.Record, err error) {
+		defer b.produced.Done()
+		if err != nil {
+			b.abort(fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
+			return
+		}
+		if onOffset != nil {
+			onOffset(r.Offset)
+		}
+	})
+}
+
+// partBatch is one partition's share of a batch.
+type partBatch struct {
+	b       *batch
+	a       *assigned
+	overlay *statestore.Overlay
+	next    atomic.Int64 // changelog offset after this batch's last snapshot
+}
+
+// aggState is an aggregate as the worker holds it between commands.
+type aggState struct {
+	state         any
+	version       int64
+	commandOffset int64           // offset of the last command applied; -1 for none
+	recent        []schemas.Reply // the dedupe window, newest last
+}
+
+func (s *aggState) seen(commandID string) (schemas.Reply, bool) {
+	for i := len(s.recent) - 1; i >= 0; i-- {
+		if s.recent[i].CommandID == commandID {
+			return s.recent[i], true
+		}
+	}
+	return schemas.Reply{}, false
+}
+
+// load returns an aggregate's state: the overlay's, else the store's, else
+// the initial state.
+func (pb *partBatch) load(id string) (*aggState, error) {
+	if e, ok := pb.overlay.Get(id); ok {
+		return e.Decoded.(*aggState), nil
+	}
+	agg := pb.a.agg
+	v, err := pb.b.w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
+	if errors.Is(err, statestore.ErrNotFound) {
+		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return decodeSnapshot(agg, v)
+}
+
+func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
+	d, err := agg.Schemas().Decode(schemas.SnapshotName, v)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	snap := d.(schemas.Snapshot)
+	state, err := agg.DecodeState(snap.State)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot state: %w", err)
+	}
+	return &aggState{state: state, version: snap.Version, commandOffset: snap.CommandOffset, recent: snap.Recent}, nil
+}
+
+// handle decides one command and produces its outputs. An error aborts the
+// transaction; everything a bad command can cause is answered instead.
+func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
+	w := pb.b.w
+	agg := pb.a.agg
+	c, err := parseCommand(r, w.cfg.MaxPayloadBytes)
+	if err != nil {
+		pb.refuse(ctx, c, schemas.Invalid, err)
+		return nil
+	}
+	if want := topology.Partition(r.Key, agg.Partitions()); want != r.Partition {
+		pb.forward(r, want)
+		return nil
+	}
+	id := string(r.Key)
+	st, err := pb.load(id)
+	if err != nil {
+		return fmt.Errorf("load %s/%d/%s: %w", agg.Name(), r.Partition, id, err)
+	}
+	if r.Offset <= st.commandOffset {
+		w.log.Debug("command already applied", "id", c.id, "offset", r.Offset, "applied_through", st.commandOffset)
+		return nil
+	}
+	if prev, ok := st.seen(c.id); ok {
+		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
+		pb.reply(ctx, c, prev)
+		return nil
+	}
+	cmd, err := agg.DecodeCommand(c.typ, r.Value)
+	if err != nil {
+		pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
+		return nil
+	}
+	d := decide(agg, st.state, cmd)
+	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Status: schemas.Accepted, Version: st.version}
+	next := &aggState{state: st.state, version: st.version, commandOffset: r.Offset}
+	var rejection topology.Rejection
+	switch {
+	case errors.As(d.err, &rejection):
+		reply.Status, reply.Reason = schemas.Rejected, string(rejection)
+	case d.err != nil:
+		reply.Status, reply.Reason = schemas.Failed, d.reason
+		pb.deadLetter(r, reply.Reason, d.err.Error())
+	default:
+		next.state = d.state
+		next.version += int64(len(d.events))
+		reply.Version, reply.Events = next.version, int32(len(d.events))
+		for i, e := range d.events {
+			pb.b.produce(pb.event(c, id, st.version+int64(i)+1, e), nil)
+		}
+	}
+	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)
+	if next.version > 0 {
+		if err := pb.snapshot(id, next, d.stateBytes); err != nil {
+			return err
+		}
+	}
+	pb.reply(ctx, c, reply)
+	return nil
+}
+
+// window appends r to the dedupe window, keeping the newest n.
+func window(recent []schemas.Reply, r schemas.Reply, n int) []schemas.Reply {
+	if n <= 0 {
+		return nil
+	}
+	out := make([]schemas.Reply, 0, min(len(recent)+1, n))
+	if drop := len(recent) + 1 - n; drop > 0 {
+		recent = recent[drop:]
+	}
+	return append(append(out, recent...), r)
+}
+
+// decision is what Decide, Evolve and the encoders made of one command.
+type decision struct {
+	events     []encoded
+	state      any
+	stateBytes []byte
+	err        error  // a Rejection, or an unexpected error or panic
+	reason     string // FAILED reason when err is not a Rejection
+}
+
+type encoded struct {
+	name    string
+	payload []byte
+}
+
+// decide runs the domain code on one command. A panic anywhere in it is
+// caught and becomes a FAILED decision, never a crashed worker.
+func decide(agg *topology.Aggregate, state, cmd any) (d decision) {
+	defer func() {
+		if p := recover(); p != nil {
+			d = decision{err: fmt.Errorf("panic: %v", p), reason: "handler_panic"}
+		}
+	}()
+	events, err := agg.Decide(state, cmd)
+	if err != nil {
+		return decision{err: err, reason: "handler_error"}
+	}
+	d.state = agg.Evolve(state, events...)
+	for _, e := range events {
+		name, payload, err := agg.Schemas().Encode(e)
+		if err != nil {
+			return decision{err: err, reason: "encode_error"}
+		}
+		d.events = append(d.events, encoded{name, payload})
+	}
+	if d.stateBytes, err = agg.EncodeState(d.state); err != nil {
+		return decision{err: err, reason: "encode_error"}
+	}
+	return d
+}
+
+// snapshot writes the aggregate's new snapshot to the changelog and the
+// overlay. stateBytes is the encoded state when the command changed it.
+func (pb *partBatch) snapshot(id string, s *aggState, stateBytes []byte) error {
+	agg := pb.a.agg
+	if stateBytes == nil {
+		var err error
+		if stateBytes, err = agg.EncodeState(s.state); err != nil {
+			return fmt.Errorf("encode state of %s: %w", id, err)
+		}
+	}
+	_, v, err := agg.Schemas().Encode(schemas.Snapshot{
+		AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: stateBytes, Recent: s.recent,
+	})
+	if err != nil {
+		return fmt.Errorf("encode snapshot of %s: %w", id, err)
+	}
+	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
+	pb.b.produce(&kgo.Record{
+		Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
+	}, func(off int64) {
+		for {
+			cur := pb.next.Load()
+			if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
+				return
+			}
+		}
+	})
+	return nil
+}
+
+// event builds the record of one event at version v.
+func (pb *partBatch) event(c *command, id string, v int64, e encoded) *kgo.Record {
+	vs := strconv.FormatInt(v, 10)
+	return &kgo.Record{
+		Topic: pb.a.topics.Events, Partition: pb.a.key.partition, Key: c.rec.Key, Value: e.payload,
+		Headers: pb.headers(c, id+"/"+vs, e.name, id, vs),
+	}
+}
+
+// headers are the CloudEvents headers of what a worker emits for c.
+func (pb *partBatch) headers(c *command, ceID, ceType, subject, version string) []kgo.RecordHeader {
+	return []kgo.RecordHeader{
+		{Key: schemas.HeaderSpecVersion, Value: []byte(schemas.SpecVersion)},
+		{Key: schemas.HeaderID, Value: []byte(ceID)},
+		{Key: schemas.HeaderType, Value: []byte(ceType)},
+		{Key: schemas.HeaderSource, Value: []byte(pb.a.source)},
+		{Key: schemas.HeaderSubject, Value: []byte(subject)},
+		{Key: schemas.HeaderTime, Value: []byte(c.time)},
+		{Key: schemas.HeaderContentType, Value: []byte(schemas.ContentType)},
+		{Key: schemas.HeaderCorrelationID, Value: []byte(c.correlationID)},
+		{Key: schemas.HeaderCausationID, Value: []byte(c.id)},
+		{Key: schemas.HeaderAggregateVersion, Value: []byte(version)},
+	}
+}
+
+// reply sends rep to the command's ce_replyto, if it names a topic that
+// exists. A reply that cannot be addressed is logged and dropped: it must
+// not wedge the partition.
+func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) {
+	if c.replyTo == "" {
+		return
+	}
+	w := pb.b.w
+	n, err := w.topics.partitions(ctx, c.replyTo)
+	if err != nil {
+		w.log.Warn("reply dropped: reply topic unavailable", "command", c.id, "topic", c.replyTo, "err", err)
+		return
+	}
+	p := c.replyPartition
+	if p < 0 || p >= n {
+		p = topology.Partition([]byte(c.id), n)
+	}
+	name, v, err := pb.a.agg.Schemas().Encode(rep)
+	if err != nil {
+		w.log.Error("reply dropped: encode", "command", c.id, "err", err)
+		return
+	}
+	pb.b.produce(&kgo.Record{
+		Topic: c.replyTo, Partition: p, Key: []byte(c.id), Value: v,
+		Headers: pb.headers(c, c.id+"/reply", name, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
+	}, nil)
+}
+
+// refuse answers a command that cannot be decided with status and a reason,
+// and puts a copy in the dead-letter topic.
+func (pb *partBatch) refuse(ctx context.Context, c *command, status schemas.Status, err error) {
+	reason, detail := "invalid", err.Error()
+	var ie *invalidError
+	if errors.As(err, &ie) {
+		reason, detail = ie.reason, ie.detail
+	}
+	pb.b.w.log.Debug("command refused", "status", status, "reason", reason, "detail", detail,
+		"topic", c.rec.Topic, "partition", c.rec.Partition, "offset", c.rec.Offset)
+	pb.deadLetter(c.rec, reason, detail)
+	if c.id != "" {
+		pb.reply(ctx, c, schemas.Reply{CommandID: c.id, AggregateID: string(c.rec.Key), Status: status, Reason: reason})
+	}
+}
+
+// deadLetter copies r to the dead-letter topic with headers saying why and
+// where it was read.
+func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
+	h := append(r.Headers[:len(r.Headers):len(r.Headers)],
+		kgo.RecordHeader{Key: schemas.HeaderDLQReason, Value: []byte(reason)},
+		kgo.RecordHeader{Key: schemas.HeaderDLQDetail, Value: []byte(detail)},
+		kgo.RecordHeader{Key: schemas.HeaderDLQTopic, Value: []byte(r.Topic)},
+		kgo.RecordHeader{Key: schemas.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
+		kgo.RecordHeader{Key: schemas.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
+	)
+	pb.b.produce(&kgo.Record{
+		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: r.Value, Headers: h,
+	}, nil)
+}
+
+// forward re-sends a command that landed on the wrong partition to the one
+// its key hashes to, inside the transaction: it is decided there, once.
+func (pb *partBatch) forward(r *kgo.Record, to int32) {
+	pb.b.w.log.Debug("forwarding misrouted command", "topic", r.Topic, "from", r.Partition, "to", to, "offset", r.Offset)
+	pb.b.produce(&kgo.Record{
+		Topic: r.Topic, Partition: to, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp,
+	}, nil)
+}

@@ -1,0 +1,103 @@
+package processor
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/deciderhq/decider/schemas"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// command is a command record's envelope: its CloudEvents headers, read but
+// not yet decoded.
+type command struct {
+	rec            *kgo.Record
+	id             string // ce_id
+	typ            string // ce_type
+	source         string // ce_source
+	replyTo        string // ce_replyto; "" sends no reply
+	replyPartition int32  // ce_replypartition; -1 when absent or unreadable
+	correlationID  string // ce_correlationid, defaulting to id
+	time           string // ce_time, defaulting to the record's timestamp: the handler's "now"
+}
+
+// invalidError is why a command cannot be decided: a reason code for the
+// INVALID reply and a detail for the dead-letter copy.
+type invalidError struct {
+	reason string
+	detail string
+}
+
+func (e *invalidError) Error() string { return e.reason + ": " + e.detail }
+
+func invalid(reason, format string, args ...any) error {
+	return &invalidError{reason: reason, detail: fmt.Sprintf(format, args...)}
+}
+
+// parseCommand reads a command's headers. It returns the envelope even on
+// error, filled as far as it could be read, so that the INVALID reply still
+// reaches a readable ce_replyto.
+func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
+	c := &command{rec: r, replyPartition: -1}
+	var specVersion string
+	for _, h := range r.Headers {
+		v := string(h.Value)
+		switch h.Key {
+		case schemas.HeaderSpecVersion:
+			specVersion = v
+		case schemas.HeaderID:
+			c.id = v
+		case schemas.HeaderType:
+			c.typ = v
+		case schemas.HeaderSource:
+			c.source = v
+		case schemas.HeaderReplyTo:
+			c.replyTo = v
+		case schemas.HeaderReplyPartition:
+			if p, err := strconv.ParseInt(v, 10, 32); err == nil && p >= 0 {
+				c.replyPartition = int32(p)
+			}
+		case schemas.HeaderCorrelationID:
+			c.correlationID = v
+		case schemas.HeaderTime:
+			c.time = v
+		}
+	}
+	if c.correlationID == "" {
+		c.correlationID = c.id
+	}
+	if c.time == "" {
+		c.time = r.Timestamp.UTC().Format(time.RFC3339Nano)
+	}
+	switch {
+	case len(r.Key) == 0:
+		return c, invalid("missing_key", "a command's key is its aggregate id")
+	case c.id == "":
+		return c, invalid("missing_header", "%s is required", schemas.HeaderID)
+	case c.typ == "":
+		return c, invalid("missing_header", "%s is required", schemas.HeaderType)
+	case c.source == "":
+		return c, invalid("missing_header", "%s is required", schemas.HeaderSource)
+	case specVersion != schemas.SpecVersion:
+		return c, invalid("bad_specversion", "%s is %q, want %q", schemas.HeaderSpecVersion, specVersion, schemas.SpecVersion)
+	case len(r.Value) > maxPayload:
+		return c, invalid("too_large", "payload of %d bytes exceeds the limit of %d", len(r.Value), maxPayload)
+	}
+	return c, nil
+}
+
+// decodeError maps a payload decoding error to an INVALID reason.
+func decodeError(err error) error {
+	reason := "bad_payload"
+	switch {
+	case errors.Is(err, schemas.ErrUnknownType):
+		reason = "unknown_type"
+	case errors.Is(err, schemas.ErrFraming):
+		reason = "bad_framing"
+	case errors.Is(err, schemas.ErrUnknownSchema):
+		reason = "unknown_schema"
+	}
+	return &invalidError{reason: reason, detail: err.Error()}
+}

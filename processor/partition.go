@@ -1,0 +1,118 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/deciderhq/decider/statestore"
+	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kadm"
+)
+
+// assigned is one assignment of a commands partition to this worker, from
+// onAssigned to onRevoked. A partition assigned again gets a new one.
+type assigned struct {
+	w      *Worker
+	agg    *topology.Aggregate
+	key    partitionKey
+	topics topology.Topics
+	source string // ce_source of what the worker emits: "A/T"
+
+	ctx    context.Context // cancelled on revoke
+	cancel context.CancelFunc
+	ready  chan struct{} // closed when the restore is done
+}
+
+func newAssigned(w *Worker, agg *topology.Aggregate, p int32) *assigned {
+	ctx, cancel := context.WithCancel(context.Background())
+	topics := w.cfg.App.Topics(agg)
+	return &assigned{
+		w: w, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
+		source: w.cfg.App.Source(agg), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
+	}
+}
+
+// restore catches the partition's local state up with its changelog,
+// retrying with backoff until it succeeds or the partition is revoked.
+func (a *assigned) restore() {
+	lock := a.w.lock(a.key)
+	src := statestore.Changelog{Topic: a.topics.Snapshots, Kafka: a.w.cfg.Kafka}
+	log := a.w.log.With("topic", a.topics.Snapshots, "partition", a.key.partition)
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+		lock.Lock()
+		st, err := a.w.cfg.Store.Restore(a.ctx, src, a.agg.Name(), a.key.partition)
+		lock.Unlock()
+		if err == nil {
+			log.Info("partition restored", "records", st.Records, "from", st.From, "to", st.To, "full", st.Full, "took", st.Took)
+			close(a.ready)
+			return
+		}
+		if a.ctx.Err() != nil {
+			return
+		}
+		log.Warn("restore failed; retrying", "err", err, "in", backoff)
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// topicCache knows the partition counts of reply topics, so that a reply is
+// addressed without a metadata request per command, and a reply topic that
+// does not exist is noticed before producing to it (which would fail the
+// transaction, again and again).
+type topicCache struct {
+	adm *kadm.Client
+	mu  sync.Mutex
+	m   map[string]topicInfo
+}
+
+type topicInfo struct {
+	partitions int32
+	err        error
+	at         time.Time
+}
+
+// Cached counts are refreshed after topicTTL; a missing topic is asked
+// about again after missingTTL.
+const (
+	topicTTL   = 5 * time.Minute
+	missingTTL = 10 * time.Second
+)
+
+var errNoTopic = errors.New("topic does not exist")
+
+func newTopicCache(adm *kadm.Client) *topicCache {
+	return &topicCache{adm: adm, m: map[string]topicInfo{}}
+}
+
+func (c *topicCache) partitions(ctx context.Context, topic string) (int32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ti, ok := c.m[topic]; ok {
+		ttl := topicTTL
+		if ti.err != nil {
+			ttl = missingTTL
+		}
+		if time.Since(ti.at) < ttl {
+			return ti.partitions, ti.err
+		}
+	}
+	ti := topicInfo{at: time.Now()}
+	details, err := c.adm.ListTopics(ctx, topic)
+	switch d, ok := details[topic]; {
+	case err != nil:
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err) // not cached: the broker may be back soon
+	case !ok || d.Err != nil || len(d.Partitions) == 0:
+		ti.err = fmt.Errorf("%w: %s", errNoTopic, topic)
+	default:
+		ti.partitions = int32(len(d.Partitions))
+	}
+	c.m[topic] = ti
+	return ti.partitions, ti.err
+}

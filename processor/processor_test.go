@@ -1,0 +1,260 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/deciderhq/decider/examples/accounts"
+	"github.com/deciderhq/decider/schemas"
+	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// step is one command of a script and what the reference model says of it.
+type step struct {
+	id, cmdID string
+	cmd       accounts.Command
+}
+
+// model is the reference: the example domain run in memory, in order.
+type model struct {
+	state  map[string]accounts.Account
+	ver    map[string]int64
+	events map[string][]any
+}
+
+func newModel() *model {
+	return &model{state: map[string]accounts.Account{}, ver: map[string]int64{}, events: map[string][]any{}}
+}
+
+// apply returns the reply the worker must give to s.
+func (m *model) apply(s step) schemas.Reply {
+	rep := schemas.Reply{CommandID: s.cmdID, AggregateID: s.id, Status: schemas.Accepted}
+	evs, err := accounts.Decide(m.state[s.id], s.cmd)
+	var rej topology.Rejection
+	if errors.As(err, &rej) {
+		rep.Status, rep.Reason, rep.Version = schemas.Rejected, string(rej), m.ver[s.id]
+		return rep
+	}
+	for _, e := range evs {
+		m.state[s.id] = accounts.Evolve(m.state[s.id], e)
+		m.events[s.id] = append(m.events[s.id], e)
+	}
+	m.ver[s.id] += int64(len(evs))
+	rep.Version, rep.Events = m.ver[s.id], int32(len(evs))
+	return rep
+}
+
+// script returns n commands over k accounts: opens, deposits, withdrawals
+// (some too large), closes, and commands to accounts never opened.
+func script(prefix string, n, k int) []step {
+	var out []step
+	for i := range n {
+		id := fmt.Sprintf("acc-%d", i%k)
+		var c accounts.Command
+		switch r := (i / k) % 6; {
+		case i < k:
+			c = accounts.OpenAccount{Owner: "owner-" + id}
+		case r == 1 || r == 3:
+			c = accounts.Deposit{Amount: int64(10 + i%7)}
+		case r == 2 || r == 4:
+			c = accounts.Withdraw{Amount: int64(5 + i%13)}
+		case r == 5 && i%11 == 0:
+			c = accounts.CloseAccount{}
+		default:
+			c = accounts.Deposit{Amount: 0} // invalid_amount
+		}
+		out = append(out, step{id: id, cmdID: fmt.Sprintf("%s-%d", prefix, i), cmd: c})
+	}
+	out = append(out, step{id: "never-opened", cmdID: prefix + "-x", cmd: accounts.Withdraw{Amount: 1}})
+	return out
+}
+
+// run sends steps as raw records, all at once, so that a poll holds several
+// commands of one aggregate, and returns the replies the model expects.
+func (e *env) run(m *model, steps []step) map[string]schemas.Reply {
+	want := map[string]schemas.Reply{}
+	for _, s := range steps {
+		e.produce(e.command(s.id, s.cmdID, s.cmd))
+		want[s.cmdID] = m.apply(s)
+	}
+	return want
+}
+
+func (e *env) check(m *model, want map[string]schemas.Reply, total int) {
+	e.t.Helper()
+	got := e.waitReplies(total)
+	for id, w := range want {
+		if g := got[id]; g != w {
+			e.t.Errorf("reply to %s = %+v, want %+v", id, g, w)
+		}
+	}
+	events := e.checkEvents()
+	for id, w := range m.events {
+		if !reflect.DeepEqual(events[id], w) {
+			e.t.Errorf("events of %s = %v, want %v", id, events[id], w)
+		}
+	}
+	if len(events) != len(m.events) {
+		e.t.Errorf("events for %d aggregates, want %d", len(events), len(m.events))
+	}
+}
+
+func TestCommandsToRepliesEventsAndSnapshots(t *testing.T) {
+	e := newEnv(t, 4)
+	m := newModel()
+	steps := script("a", 300, 20)
+	want := e.run(m, steps)
+	w := e.start(t.TempDir(), "w1")
+	e.check(m, want, len(steps))
+
+	// Every snapshot record decodes, and the latest one per aggregate is the
+	// fold of its events.
+	latest := map[string]*aggState{}
+	for _, r := range e.readAll(e.topics.Snapshots) {
+		st, err := decodeSnapshot(e.agg, r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		latest[string(r.Key)] = st
+	}
+	for id, st := range latest {
+		if st.state != m.state[id] || st.version != m.ver[id] {
+			t.Errorf("snapshot of %s = %+v v%d, want %+v v%d", id, st.state, st.version, m.state[id], m.ver[id])
+		}
+	}
+	if _, ok := latest["never-opened"]; ok {
+		t.Error("a rejected command on an aggregate with no events wrote a snapshot")
+	}
+	errIsNil(t, w.stop())
+}
+
+// A worker restarted on its data dir continues from Pebble; one started on
+// an empty dir restores everything from the snapshots topic; both give the
+// results an uninterrupted worker would.
+func TestRestartFromPebbleAndFromChangelog(t *testing.T) {
+	e := newEnv(t, 4)
+	m := newModel()
+	dir := t.TempDir()
+	total := 0
+
+	w := e.start(dir, "w1")
+	s1 := script("one", 120, 15)
+	want := e.run(m, s1)
+	total += len(s1)
+	e.check(m, want, total)
+	errIsNil(t, w.stop())
+
+	w = e.start(dir, "w1")
+	s2 := script("two", 120, 15)[15:] // no second open
+	want = e.run(m, s2)
+	total += len(s2)
+	e.check(m, want, total)
+	errIsNil(t, w.stop())
+
+	empty := t.TempDir()
+	w = e.start(empty, "w2")
+	s3 := script("three", 150, 15)[15:]
+	want = e.run(m, s3)
+	total += len(s3)
+	e.check(m, want, total)
+	n := 0
+	for p := range e.agg.Partitions() {
+		c, err := w.store.Count(e.agg.Name(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += c
+	}
+	if n != 15 {
+		t.Fatalf("the restored store holds %d aggregates, want 15", n)
+	}
+	errIsNil(t, w.stop())
+}
+
+// A transaction that fails leaves no trace (no reply, no event, Pebble
+// unchanged), and its commands are processed once when the fault clears.
+func TestFailedTransactionLeavesNoTrace(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault kfake.Fault
+	}{
+		{"produce error", kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "bank.account.events", Err: kerr.InvalidRecord, Count: -1}},
+		{"TxnOffsetCommit error", kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration, Count: -1}},
+		{"EndTxn error", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.CoordinatorNotAvailable, Count: -1}},
+		{"EndTxn timeout", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.RequestTimedOut, Count: -1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, 2)
+			m := newModel()
+			w := e.start(t.TempDir(), "w1")
+			open := []step{{id: "acc", cmdID: "open", cmd: accounts.OpenAccount{Owner: "ada"}}}
+			e.check(m, e.run(m, open), 1)
+			p := topology.Partition([]byte("acc"), e.agg.Partitions())
+			before, err := w.store.Get(e.agg.Name(), p, "acc")
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			h := e.cluster.Fault(tc.fault)
+			var steps []step
+			for i := range 3 {
+				steps = append(steps, step{id: "acc", cmdID: fmt.Sprint("dep", i), cmd: accounts.Deposit{Amount: 5}})
+			}
+			want := e.run(m, steps[:1])
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := h.Wait(ctx, 3); err != nil { // tried, aborted and redone, more than once
+				t.Fatal(err)
+			}
+			if n := len(e.readAll(e.topics.Replies)); n != 1 {
+				t.Fatalf("%d replies committed while the transaction fails, want the first one only", n)
+			}
+			if n := len(e.readAll(e.topics.Events)); n != 1 {
+				t.Fatalf("%d events committed while the transaction fails, want 1", n)
+			}
+			after, err := w.store.Get(e.agg.Name(), p, "acc")
+			if err != nil || string(after) != string(before) {
+				t.Fatalf("Pebble changed by a failed transaction (err %v)", err)
+			}
+			// More commands for the same aggregate queue up behind it.
+			maps.Copy(want, e.run(m, steps[1:]))
+			h.Remove()
+			e.check(m, want, 1+len(steps))
+			errIsNil(t, w.stop())
+		})
+	}
+}
+
+// Two workers in one group split the partitions and together answer every
+// command once.
+func TestTwoWorkersSplitPartitions(t *testing.T) {
+	e := newEnv(t, 8)
+	m := newModel()
+	w1 := e.start(t.TempDir(), "w1")
+	w2 := e.start(t.TempDir(), "w2")
+	steps := script("s", 400, 40)
+	want := e.run(m, steps)
+	e.check(m, want, len(steps))
+	owned := func(w *running) int {
+		w.w.mu.Lock()
+		defer w.w.mu.Unlock()
+		return len(w.w.parts)
+	}
+	if a, b := owned(w1), owned(w2); a+b != 8 || a == 0 || b == 0 {
+		t.Fatalf("workers own %d and %d partitions, want a split of 8", a, b)
+	}
+	errIsNil(t, w1.stop())
+	// The survivor takes over and goes on.
+	more := script("t", 100, 40)[40:]
+	want = e.run(m, more)
+	e.check(m, want, len(steps)+len(more))
+	errIsNil(t, w2.stop())
+}

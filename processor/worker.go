@@ -1,0 +1,307 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/deciderhq/decider/statestore"
+	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Config configures a Worker. App, Store, Kafka and InstanceID are required.
+type Config struct {
+	// App is what the worker runs: every aggregate type of it.
+	App *topology.App
+	// Store is the worker's local state; the worker does not close it.
+	Store *statestore.Store
+	// Kafka are the options to reach the cluster (kgo.SeedBrokers, TLS,
+	// SASL). The worker adds its group, transaction and consuming options.
+	Kafka []kgo.Opt
+	// InstanceID names this worker stably across restarts (keep it with the
+	// data dir). Its transactional id is "<app>-<InstanceID>": a restarted
+	// instance fences its former self, and two live instances must never
+	// share one.
+	InstanceID string
+	// Logger receives lifecycle events at info and per-command detail at
+	// debug. Default slog.Default().
+	Logger *slog.Logger
+	// MaxPollRecords bounds the commands of one transaction. Default 10000.
+	MaxPollRecords int
+	// MaxPayloadBytes is the largest command payload decided; larger ones
+	// are INVALID (too_large). Default 1 MiB.
+	MaxPayloadBytes int
+	// DedupeWindow is how many recent replies each aggregate's snapshot
+	// keeps: a command id seen again within them gets its first reply again
+	// and writes nothing. Default 32; negative disables it.
+	DedupeWindow int
+	// SessionTimeout of the consumer group membership. Default 10s: a worker
+	// that stops heartbeating loses its partitions after this long.
+	SessionTimeout time.Duration
+}
+
+// Worker is one member of an app's consumer group: it owns some partitions
+// of the commands topics and turns their commands into events, snapshots
+// and replies, one Kafka transaction per poll.
+type Worker struct {
+	cfg    Config
+	log    *slog.Logger
+	sess   *kgo.GroupTransactSession
+	adm    *kadm.Client
+	topics *topicCache
+
+	mu    sync.Mutex                 // guards parts
+	parts map[partitionKey]*assigned // partitions currently assigned
+	locks sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
+	wg    sync.WaitGroup             // restore goroutines
+}
+
+type partitionKey struct {
+	topic     string
+	partition int32
+}
+
+// ErrFenced: another process took this worker's transactional id (a second
+// instance with the same InstanceID, or this one restarted while the old one
+// still ran). The fenced worker must stop; Run returns it wrapped.
+var ErrFenced = errors.New("worker fenced: another instance uses its transactional id")
+
+// New checks cfg and returns a worker. It connects to nothing: Run does.
+func New(cfg Config) (*Worker, error) {
+	switch {
+	case cfg.App == nil:
+		return nil, errors.New("processor: Config.App is required")
+	case cfg.Store == nil:
+		return nil, errors.New("processor: Config.Store is required")
+	case cfg.InstanceID == "":
+		return nil, errors.New("processor: Config.InstanceID is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxPollRecords <= 0 {
+		cfg.MaxPollRecords = 10000
+	}
+	if cfg.MaxPayloadBytes <= 0 {
+		cfg.MaxPayloadBytes = 1 << 20
+	}
+	if cfg.DedupeWindow == 0 {
+		cfg.DedupeWindow = 32
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	return &Worker{
+		cfg:   cfg,
+		log:   cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
+		parts: map[partitionKey]*assigned{},
+	}, nil
+}
+
+// TransactionalID returns the transactional id the worker produces with.
+func (w *Worker) TransactionalID() string { return w.cfg.App.Name() + "-" + w.cfg.InstanceID }
+
+// Run joins the group and processes commands until ctx is cancelled or a
+// fatal error (ErrFenced, topics that do not fit the app). On cancel it
+// finishes the batch in hand, commits it, and leaves the group.
+func (w *Worker) Run(ctx context.Context) error {
+	sess, err := kgo.NewGroupTransactSession(append(w.cfg.Kafka[:len(w.cfg.Kafka):len(w.cfg.Kafka)],
+		kgo.ConsumerGroup(w.cfg.App.Group()),
+		kgo.ConsumeTopics(w.cfg.App.CommandTopics()...),
+		kgo.TransactionalID(w.TransactionalID()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.SessionTimeout(w.cfg.SessionTimeout),
+		kgo.HeartbeatInterval(w.cfg.SessionTimeout/4),
+		kgo.OnPartitionsAssigned(w.onAssigned),
+		kgo.OnPartitionsRevoked(w.onRevoked),
+		kgo.OnPartitionsLost(w.onRevoked),
+	)...)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", w.TransactionalID(), err)
+	}
+	w.sess = sess
+	w.adm = kadm.NewClient(sess.Client())
+	w.topics = newTopicCache(w.adm)
+	defer func() {
+		sess.Close() // leaves the group; revokes everything, which stops restores
+		w.wg.Wait()
+	}()
+	if err := topology.VerifyTopics(ctx, w.adm, w.cfg.App); err != nil {
+		return fmt.Errorf("worker %s: %w", w.TransactionalID(), err)
+	}
+	w.log.Info("worker started", "txn_id", w.TransactionalID(), "topics", w.cfg.App.CommandTopics())
+	for {
+		fetches := sess.PollRecords(ctx, w.cfg.MaxPollRecords)
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			w.log.Info("worker stopping")
+			return nil
+		}
+		fetches.EachError(func(t string, p int32, err error) {
+			w.log.Warn("fetch failed", "topic", t, "partition", p, "err", err)
+		})
+		if fetches.NumRecords() == 0 {
+			continue
+		}
+		if err := w.transact(ctx, fetches); err != nil {
+			return err
+		}
+	}
+}
+
+// isFenced reports the errors after which this producer can never commit.
+func isFenced(err error) bool {
+	return errors.Is(err, kerr.ProducerFenced) || errors.Is(err, kerr.InvalidProducerEpoch) ||
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed)
+}
+
+// transact decides one poll's commands and commits their outputs in one
+// transaction; see the package doc for the protocol.
+func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
+	if err := w.sess.Begin(); err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	b := newBatch(w)
+	var wg sync.WaitGroup
+	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
+		if len(ftp.Records) == 0 {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b.run(ctx, ftp)
+		}()
+	})
+	wg.Wait()
+
+	// The batch is finished even when ctx was cancelled meanwhile (SIGTERM):
+	// ending it gets a context of its own.
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	// Every record must be acknowledged before deciding to commit: a record
+	// that failed (its promise reports it) must abort the transaction, or
+	// the offsets would commit without it. End would flush too, but only
+	// after the decision.
+	try := kgo.TryCommit
+	if err := w.sess.Client().Flush(endCtx); err != nil {
+		b.abort(fmt.Errorf("flush: %w", err))
+	}
+	b.produced.Wait()
+	if err := b.abortReason(); err != nil {
+		w.log.Warn("aborting transaction", "reason", err)
+		try = kgo.TryAbort
+	}
+	committed, err := w.sess.End(endCtx, try)
+	if err != nil {
+		if isFenced(err) {
+			return fmt.Errorf("%w: %w", ErrFenced, err)
+		}
+		w.log.Warn("transaction failed; redoing from the committed offsets", "err", err)
+		// An EndTxn whose outcome is unknown leaves the client in the
+		// transaction until it is told to abort; the abort re-initialises the
+		// producer id, which fences whatever the broker still holds open.
+		if err := w.sess.Client().EndTransaction(endCtx, kgo.TryAbort); err != nil {
+			if isFenced(err) {
+				return fmt.Errorf("%w: %w", ErrFenced, err)
+			}
+			w.log.Warn("abort after a failed transaction", "err", err)
+		}
+	}
+	if !committed {
+		// The overlays are dropped with b; the session rewound to the
+		// committed offsets. After an error the outcome may be unknown (an
+		// EndTxn that timed out may still have committed), so the local
+		// state of the batch's partitions is caught up from the changelog,
+		// which holds the truth either way, before they go on.
+		if err != nil {
+			b.restoreAgain()
+		}
+		return nil
+	}
+	if err := b.apply(); err != nil {
+		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
+	}
+	return nil
+}
+
+// onAssigned starts restoring every newly assigned partition. Commands of a
+// partition are not decided before its restore is done.
+func (w *Worker) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for topic, ps := range assigned {
+		agg, ok := w.cfg.App.ByCommandTopic(topic)
+		if !ok {
+			continue
+		}
+		for _, p := range ps {
+			w.assign(agg, p)
+		}
+		w.log.Info("partitions assigned", "topic", topic, "partitions", ps)
+	}
+}
+
+// assign starts an assignment of partition p of agg's commands topic and
+// its restore. Called with w.mu held.
+func (w *Worker) assign(agg *topology.Aggregate, p int32) {
+	a := newAssigned(w, agg, p)
+	w.parts[a.key] = a
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		a.restore()
+	}()
+}
+
+// reassign replaces a current assignment by a new one, which restores the
+// partition again before its commands go on.
+func (w *Worker) reassign(a *assigned) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.parts[a.key] != a {
+		return // revoked meanwhile
+	}
+	a.cancel()
+	w.assign(a.agg, a.key.partition)
+}
+
+// onRevoked forgets revoked or lost partitions and stops their restores.
+// Their local state stays: it is a valid prefix for when they return.
+func (w *Worker) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for topic, ps := range revoked {
+		for _, p := range ps {
+			k := partitionKey{topic, p}
+			if a, ok := w.parts[k]; ok {
+				a.cancel()
+				delete(w.parts, k)
+			}
+		}
+		w.log.Info("partitions revoked", "topic", topic, "partitions", ps)
+	}
+}
+
+// partition returns the current assignment of a partition, if any.
+func (w *Worker) partition(topic string, p int32) (*assigned, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	a, ok := w.parts[partitionKey{topic, p}]
+	return a, ok
+}
+
+// lock returns the mutex that serialises Pebble writes of a partition
+// across its assignments.
+func (w *Worker) lock(k partitionKey) *sync.Mutex {
+	m, _ := w.locks.LoadOrStore(k, &sync.Mutex{})
+	return m.(*sync.Mutex)
+}
