@@ -3,8 +3,10 @@ package topology
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"regexp"
+	"slices"
 
 	"github.com/deciderhq/decider/schemas"
 )
@@ -147,6 +149,9 @@ func (a *Aggregate) Partitions() int32 { return a.partitions }
 
 // Schemas returns the registry its records are encoded with.
 func (a *Aggregate) Schemas() *schemas.Registry { return a.reg }
+
+// Commands returns the Avro full names of its commands, sorted.
+func (a *Aggregate) Commands() []string { return slices.Sorted(maps.Keys(a.commands)) }
 
 // IsCommand reports whether an Avro full name is one of its commands.
 func (a *Aggregate) IsCommand(name string) bool { return a.commands[name] }

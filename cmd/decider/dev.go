@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+)
+
+const devUsage = `Starts everything on this machine with zero setup: an embedded
+Kafka-compatible broker (kfake, its log in <data-dir>/broker), the topics of
+the example app "bank", and one worker (its state in <data-dir>/state).
+Restart it with the same data dir and every balance is still there.
+
+Examples:
+  go run ./cmd/decider dev
+  decider dev --listen 127.0.0.1:19092 --data-dir /tmp/bank
+`
+
+func runDev(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := newFlags("dev")
+	listen := fs.String("listen", "127.0.0.1:9092", "address of the embedded broker")
+	wf := addWorkerFlags(fs, "127.0.0.1:8080")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := startBroker(*listen, *wf.dataDir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return wf.run(ctx, []string{*listen}, func() {
+		fmt.Fprintf(stdout, `decider dev: broker on %[1]s, worker of app "bank", data in %[2]s
+
+Try, in another terminal:
+  go run ./cmd/decider send --brokers %[1]s --id acc-1 --type OpenAccount --data '{"owner":"ada"}'
+  go run ./cmd/decider send --brokers %[1]s --id acc-1 --type Deposit --data '{"amount":100}'
+  go run ./cmd/decider send --brokers %[1]s --id acc-1 --type Withdraw --data '{"amount":500}'
+
+Stop with Ctrl-C; start again with the same --data-dir and the balances are kept.
+`, *listen, *wf.dataDir)
+	})
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/deciderhq/decider/examples/accounts"
+	"github.com/deciderhq/decider/processor"
+	"github.com/deciderhq/decider/statestore"
+	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+const runUsage = `Runs one worker of the example app "bank" against a Kafka cluster. It
+creates missing topics, refuses to start on topics whose partition counts do
+not fit, and joins the consumer group "bank": several run processes with
+different data dirs share the partitions. The data dir holds the state store
+and the instance id (which names the worker's transactional id); keep it
+across restarts.
+
+Examples:
+  decider run --brokers localhost:9092 --data-dir /var/lib/decider
+  DECIDER_BROKERS=k1:9092,k2:9092 decider run --data-dir ./w2 --http 127.0.0.1:8081
+`
+
+// workerFlags are the flags shared by run and dev.
+type workerFlags struct {
+	dataDir    *string
+	http       *string
+	partitions *int
+	instance   *string
+	logger     func() *slog.Logger
+}
+
+func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
+	return workerFlags{
+		dataDir:    fs.String("data-dir", ".decider", "directory of the state store and instance id"),
+		http:       fs.String("http", httpDefault, "address of the HTTP endpoint (/healthz); empty: none"),
+		partitions: fs.Int("partitions", int(topology.DefaultPartitions), "partitions of topics created for the app"),
+		instance:   fs.String("instance", "", "stable instance id (default: generated once and kept in the data dir)"),
+		logger:     logFlags(fs),
+	}
+}
+
+func runWorker(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := newFlags("run")
+	brokers := fs.String("brokers", "localhost:9092", "comma-separated seed brokers")
+	wf := addWorkerFlags(fs, "")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	return wf.run(ctx, splitBrokers(*brokers), nil)
+}
+
+func splitBrokers(s string) []string {
+	var out []string
+	for _, b := range strings.Split(s, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// run creates the app's topics and runs a worker until ctx ends. started,
+// if set, is called once the topics exist and the worker is starting.
+func (wf workerFlags) run(ctx context.Context, brokers []string, started func()) error {
+	log := wf.logger()
+	app, err := accounts.App(int32(*wf.partitions))
+	if err != nil {
+		return err
+	}
+	kafka := []kgo.Opt{kgo.SeedBrokers(brokers...)}
+	if err := ensureTopics(ctx, kafka, app); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*wf.dataDir, 0o755); err != nil {
+		return err
+	}
+	instance := *wf.instance
+	if instance == "" {
+		if instance, err = instanceID(*wf.dataDir); err != nil {
+			return err
+		}
+	}
+	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), nil)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	w, err := processor.New(processor.Config{App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log})
+	if err != nil {
+		return err
+	}
+	if *wf.http != "" {
+		stop, err := serveHTTP(*wf.http, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if started != nil {
+		started()
+	}
+	return w.Run(ctx)
+}
+
+// ensureTopics creates the app's missing topics with a client of its own.
+func ensureTopics(ctx context.Context, kafka []kgo.Opt, app *topology.App) error {
+	cl, err := kgo.NewClient(kafka...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return topology.EnsureTopics(ctx, kadm.NewClient(cl), app, topology.TopicOptions{})
+}
+
+// instanceID returns the instance id kept in dir, creating it on first use.
+func instanceID(dir string) (string, error) {
+	path := filepath.Join(dir, "instance-id")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var r [6]byte
+	_, _ = rand.Read(r[:])
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s-%s", strings.ToLower(strings.SplitN(host, ".", 2)[0]), hex.EncodeToString(r[:]))
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// serveHTTP serves the worker's HTTP endpoint on addr until stop is called.
+func serveHTTP(addr string, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server", "err", err)
+		}
+	}()
+	return func() { srv.Close() }, nil
+}

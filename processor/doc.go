@@ -1,0 +1,79 @@
+// Package processor is decider's worker: a member of an app's consumer group
+// that owns some partitions of its commands topics and turns each command
+// into events, a snapshot and a reply, exactly once.
+//
+// # The transaction
+//
+// A Worker runs franz-go's GroupTransactSession with the transactional id
+// "<app>-<instance>" (stable across restarts: a restarted instance fences its
+// former self). Each poll (at most MaxPollRecords commands) is one
+// transaction:
+//
+//  1. Begin.
+//  2. For each partition in the poll, in parallel with the others, once the
+//     partition is restored: each command in offset order is read (headers,
+//     then payload), its aggregate's state is looked up — the batch's
+//     overlay, else the Pebble store, else the initial state — and Decide
+//     and Evolve run. Events go to partition p of A.T.events with versions
+//     v+1…, the new snapshot to partition p of A.T.snapshots, the reply to
+//     ce_replyto. The new state goes into the overlay, so the next command
+//     of the same aggregate in the batch sees it.
+//  3. Flush, and wait for every record's acknowledgement. Any failed record
+//     makes the transaction abort: deciding to commit before every record is
+//     known written would commit offsets without their records.
+//  4. End: the consumer offsets are committed in the transaction (KIP-447,
+//     with the group generation, so a worker that lost its partitions cannot
+//     commit), then EndTxn.
+//  5. Committed: the overlays are written to Pebble with each partition's
+//     checkpoint (the changelog offset after its last snapshot). Only now:
+//     Pebble never holds state of a transaction that did not commit.
+//     Aborted: the overlays are dropped and the session rewinds to the
+//     committed offsets; the commands are decided again, deterministically.
+//
+// # Recovery
+//
+// On assignment, a partition is restored before any of its commands is
+// decided: the store reads the partition's changelog from its checkpoint to
+// the high watermark, read_committed (see statestore.Store.Restore). The
+// restore runs beside the poll loop and can be cancelled by a revoke; a
+// poll that holds commands of a partition still restoring waits for it.
+// On revoke or loss the open transaction aborts (the session does that), the
+// overlay is dropped, and the local state is kept: it is a valid prefix of the
+// changelog for when the partition returns. A batch that committed after its
+// partition was revoked does not write Pebble: the next restore reads those
+// snapshots from the changelog.
+//
+// Defence in depth against lost or reset group offsets (KAFKA-20416): every
+// snapshot records the offset of the last command applied to its aggregate,
+// and a command at or below it is skipped, whatever the committed offsets
+// say. Every snapshot also keeps the aggregate's last DedupeWindow replies:
+// a command id seen again gets its first reply again and writes nothing.
+//
+// # What the worker does on each kind of error
+//
+//   - Bad input (no key, missing or unknown headers, bad framing, unknown
+//     schema, undecodable payload, oversized payload): an INVALID reply when
+//     ce_replyto is readable, a copy in A.T.dlq with headers saying why and
+//     where it came from, and the partition goes on.
+//   - A handler that panics or returns an error that is not a
+//     topology.Rejection, or an event or state that does not encode: a
+//     FAILED reply and a dead-letter copy; the aggregate is unchanged.
+//   - A command on the wrong partition (a producer with another
+//     partitioner): forwarded in the transaction to the partition its key
+//     hashes to, decided there.
+//   - A reply topic that does not exist: the command is decided, the reply is
+//     dropped with a warning (producing to it would fail every transaction).
+//   - A produce error, a TxnOffsetCommit or EndTxn error, a rebalance during
+//     the batch: abort and redo from the committed offsets. After an error
+//     the outcome may be unknown (an EndTxn whose answer was lost), so the
+//     batch's partitions are restored again from the changelog, which holds
+//     the truth, before they go on.
+//   - A fenced producer (another live process has this instance's
+//     transactional id): Run returns ErrFenced; the process must stop.
+//   - A Pebble write that fails after a commit: Run returns the error; a
+//     restarted worker restores from its checkpoint.
+//   - Topics whose partition counts do not fit the app: Run refuses to start.
+//
+// A cancelled context (SIGTERM) finishes the batch in hand, commits it and
+// leaves the group.
+package processor
