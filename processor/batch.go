@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
@@ -205,22 +206,31 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
 		return nil
 	}
-	d := decide(agg, st.state, cmd)
-	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Status: schemas.Accepted, Version: st.version}
+	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Version: st.version}
 	next := &aggState{state: st.state, version: st.version, commandOffset: r.Offset}
+	var d decision
 	var rejection topology.Rejection
 	switch {
-	case errors.As(d.err, &rejection):
-		reply.Status, reply.Reason = schemas.Rejected, string(rejection)
-	case d.err != nil:
-		reply.Status, reply.Reason = schemas.Failed, d.reason
-		pb.deadLetter(r, reply.Reason, d.err.Error())
+	case !c.deadline.IsZero() && time.Now().After(c.deadline):
+		reply.Status, reply.Reason = schemas.Expired, "deadline_passed"
+	case c.expectedVersion >= 0 && c.expectedVersion != st.version:
+		reply.Status, reply.Reason = schemas.Conflict, "version_mismatch"
 	default:
-		next.state = d.state
-		next.version += int64(len(d.events))
-		reply.Version, reply.Events = next.version, int32(len(d.events))
-		for i, e := range d.events {
-			pb.b.produce(pb.event(c, id, st.version+int64(i)+1, e), nil)
+		d = decide(agg, st.state, cmd)
+		switch {
+		case errors.As(d.err, &rejection):
+			reply.Status, reply.Reason = schemas.Rejected, string(rejection)
+		case d.err != nil:
+			reply.Status, reply.Reason = schemas.Failed, d.reason
+			pb.deadLetter(r, reply.Reason, d.err.Error())
+		default:
+			reply.Status = schemas.Accepted
+			next.state = d.state
+			next.version += int64(len(d.events))
+			reply.Version, reply.Events = next.version, int32(len(d.events))
+			for i, e := range d.events {
+				pb.b.produce(pb.event(c, id, st.version+int64(i)+1, e), nil)
+			}
 		}
 	}
 	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)

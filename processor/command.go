@@ -21,6 +21,9 @@ type command struct {
 	replyPartition int32  // ce_replypartition; -1 when absent or unreadable
 	correlationID  string // ce_correlationid, defaulting to id
 	time           string // ce_time, defaulting to the record's timestamp: the handler's "now"
+
+	expectedVersion int64     // ce_expectedversion; -1 when absent
+	deadline        time.Time // ce_deadline; zero when absent
 }
 
 // invalidError is why a command cannot be decided: a reason code for the
@@ -40,8 +43,9 @@ func invalid(reason, format string, args ...any) error {
 // error, filled as far as it could be read, so that the INVALID reply still
 // reaches a readable ce_replyto.
 func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
-	c := &command{rec: r, replyPartition: -1}
+	c := &command{rec: r, replyPartition: -1, expectedVersion: -1}
 	var specVersion string
+	var badHeader error
 	for _, h := range r.Headers {
 		v := string(h.Value)
 		switch h.Key {
@@ -63,6 +67,18 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 			c.correlationID = v
 		case schemas.HeaderTime:
 			c.time = v
+		case schemas.HeaderExpectedVersion:
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				badHeader = invalid("bad_header", "%s %q is not a version (an integer >= 0)", h.Key, v)
+			}
+			c.expectedVersion = n
+		case schemas.HeaderDeadline:
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				badHeader = invalid("bad_header", "%s %q is not an RFC 3339 time", h.Key, v)
+			}
+			c.deadline = t
 		}
 	}
 	if c.correlationID == "" {
@@ -85,7 +101,7 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 	case len(r.Value) > maxPayload:
 		return c, invalid("too_large", "payload of %d bytes exceeds the limit of %d", len(r.Value), maxPayload)
 	}
-	return c, nil
+	return c, badHeader
 }
 
 // decodeError maps a payload decoding error to an INVALID reason.

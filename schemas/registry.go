@@ -187,8 +187,13 @@ func Bind[T any](r *Registry, name string) error {
 	b.goType = t
 	b.decode = func(s avro.Schema, body []byte) (any, error) {
 		var v T
-		if err := r.api.Unmarshal(s, body, &v); err != nil {
-			return nil, err
+		rd := avro.NewReader(nil, 0, avro.WithReaderConfig(r.api)).Reset(body)
+		rd.ReadVal(s, &v)
+		if rd.Error != nil { // io.EOF included: the body is truncated
+			return nil, rd.Error
+		}
+		if rd.Peek(); rd.Error == nil {
+			return nil, errors.New("trailing bytes after the record")
 		}
 		return v, nil
 	}
