@@ -68,8 +68,11 @@
 //     the outcome may be unknown (an EndTxn whose answer was lost), so the
 //     batch's partitions are restored again from the changelog, which holds
 //     the truth, before they go on.
-//   - A fenced producer (another live process has this instance's
-//     transactional id): Run returns ErrFenced; the process must stop.
+//   - A fenced producer (the coordinator aborted a transaction that outlived
+//     TransactionTimeout while the process was paused, or another process
+//     has this instance's transactional id): the worker leaves the group,
+//     re-initialises its producer and rejoins; nothing it had not committed
+//     counts.
 //   - A Pebble write that fails after a commit: Run returns the error; a
 //     restarted worker restores from its checkpoint.
 //   - Topics whose partition counts do not fit the app: Run refuses to start.

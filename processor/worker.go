@@ -44,6 +44,12 @@ type Config struct {
 	// SessionTimeout of the consumer group membership. Default 10s: a worker
 	// that stops heartbeating loses its partitions after this long.
 	SessionTimeout time.Duration
+	// TransactionTimeout is how long the coordinator lets a transaction stay
+	// open before aborting it. It bounds how long a paused or partitioned
+	// worker holds back the partitions it lost: their new owner waits for
+	// its open transaction to end before restoring. Default 10s (Kafka
+	// Streams' exactly-once default); it must exceed the time a batch takes.
+	TransactionTimeout time.Duration
 }
 
 // Worker is one member of an app's consumer group: it owns some partitions
@@ -67,9 +73,11 @@ type partitionKey struct {
 	partition int32
 }
 
-// ErrFenced: another process took this worker's transactional id (a second
-// instance with the same InstanceID, or this one restarted while the old one
-// still ran). The fenced worker must stop; Run returns it wrapped.
+// ErrFenced: the worker's producer was fenced or is otherwise unusable: its
+// transaction was aborted by the coordinator (it outlived
+// TransactionTimeout), another process took its transactional id, or the
+// broker answered with an error the producer cannot recover from. Run
+// handles it by rejoining with a new producer.
 var ErrFenced = errors.New("worker fenced: another instance uses its transactional id")
 
 // New checks cfg and returns a worker. It connects to nothing: Run does.
@@ -97,6 +105,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.SessionTimeout <= 0 {
 		cfg.SessionTimeout = 10 * time.Second
 	}
+	if cfg.TransactionTimeout <= 0 {
+		cfg.TransactionTimeout = 10 * time.Second
+	}
 	return &Worker{
 		cfg:   cfg,
 		log:   cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
@@ -108,13 +119,38 @@ func New(cfg Config) (*Worker, error) {
 func (w *Worker) TransactionalID() string { return w.cfg.App.Name() + "-" + w.cfg.InstanceID }
 
 // Run joins the group and processes commands until ctx is cancelled or a
-// fatal error (ErrFenced, topics that do not fit the app). On cancel it
-// finishes the batch in hand, commits it, and leaves the group.
+// fatal error (topics that do not fit the app, a state store that cannot be
+// written). On cancel it finishes the batch in hand, commits it, and leaves
+// the group.
+//
+// A fenced producer (the coordinator aborted a transaction that outlived
+// TransactionTimeout, e.g. while the process was paused, or another process
+// started with the same InstanceID) does not stop Run: the worker leaves
+// the group, re-initialises its producer and joins again, as Kafka Streams
+// does. Two live processes with one InstanceID fence each other in turn and
+// make slow progress; the logs say so at warn.
 func (w *Worker) Run(ctx context.Context) error {
+	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+		err := w.session(ctx)
+		if !errors.Is(err, ErrFenced) || ctx.Err() != nil {
+			return err
+		}
+		w.log.Warn("fenced; rejoining with a new producer", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// session runs one group membership with one transactional producer.
+func (w *Worker) session(ctx context.Context) error {
 	sess, err := kgo.NewGroupTransactSession(append(w.cfg.Kafka[:len(w.cfg.Kafka):len(w.cfg.Kafka)],
 		kgo.ConsumerGroup(w.cfg.App.Group()),
 		kgo.ConsumeTopics(w.cfg.App.CommandTopics()...),
 		kgo.TransactionalID(w.TransactionalID()),
+		kgo.TransactionTimeout(w.cfg.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -167,7 +203,8 @@ func isFenced(err error) bool {
 // transaction; see the package doc for the protocol.
 func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	if err := w.sess.Begin(); err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		// Only a producer left in a fatal state refuses to begin.
+		return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
 	}
 	b := newBatch(w)
 	var wg sync.WaitGroup

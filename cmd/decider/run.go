@@ -42,6 +42,8 @@ type workerFlags struct {
 	http       *string
 	partitions *int
 	instance   *string
+	session    *time.Duration
+	txnTimeout *time.Duration
 	logger     func() *slog.Logger
 }
 
@@ -51,6 +53,8 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		http:       fs.String("http", httpDefault, "address of the HTTP endpoint (/healthz); empty: none"),
 		partitions: fs.Int("partitions", int(topology.DefaultPartitions), "partitions of topics created for the app"),
 		instance:   fs.String("instance", "", "stable instance id (default: generated once and kept in the data dir)"),
+		session:    fs.Duration("session-timeout", 10*time.Second, "consumer group session timeout: a silent worker loses its partitions after it"),
+		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
 		logger:     logFlags(fs),
 	}
 }
@@ -101,7 +105,10 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 		return err
 	}
 	defer store.Close()
-	w, err := processor.New(processor.Config{App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log})
+	w, err := processor.New(processor.Config{
+		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log,
+		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout,
+	})
 	if err != nil {
 		return err
 	}
