@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -60,6 +61,7 @@ func startBroker(listen, dataDir string) (*kfake.Cluster, error) {
 			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
 		}),
 		kfake.DataDir(dir),
+		kfake.GroupMinSessionTimeout(500*time.Millisecond), // Kafka's default minimum is 6s; tests fail over faster
 	)
 	if err != nil {
 		return nil, fmt.Errorf("start broker on %s: %w", listen, err)
