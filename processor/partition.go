@@ -39,7 +39,7 @@ func newAssigned(w *Worker, agg *topology.Aggregate, p int32) *assigned {
 // retrying with backoff until it succeeds or the partition is revoked.
 func (a *assigned) restore() {
 	lock := a.w.lock(a.key)
-	src := statestore.Changelog{Topic: a.topics.Snapshots, Kafka: a.w.cfg.Kafka}
+	src := statestore.Changelog{Topic: a.topics.Snapshots, Kafka: a.w.cfg.Kafka, Progress: func(int) { a.w.at(MidRestore) }}
 	log := a.w.log.With("topic", a.topics.Snapshots, "partition", a.key.partition)
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 		lock.Lock()

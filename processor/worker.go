@@ -50,6 +50,26 @@ type Config struct {
 	// its open transaction to end before restoring. Default 10s (Kafka
 	// Streams' exactly-once default); it must exceed the time a batch takes.
 	TransactionTimeout time.Duration
+	// AtPoint, if set, is called at the named points of the protocol. It
+	// is a test seam: the crash tests exit the process there.
+	AtPoint func(Point)
+}
+
+// Point names a place in the transaction and recovery protocol.
+type Point string
+
+// The points at which Config.AtPoint is called.
+const (
+	AfterPoll    Point = "after-poll"    // a batch was polled, nothing produced yet
+	AfterProduce Point = "after-produce" // every record of the batch is written, the transaction is open
+	AfterCommit  Point = "after-commit"  // the transaction committed, Pebble not written yet
+	MidRestore   Point = "mid-restore"   // a restore wrote a batch of snapshots and its checkpoint
+)
+
+func (w *Worker) at(p Point) {
+	if w.cfg.AtPoint != nil {
+		w.cfg.AtPoint(p)
+	}
 }
 
 // Worker is one member of an app's consumer group: it owns some partitions
@@ -202,6 +222,7 @@ func isFenced(err error) bool {
 // transact decides one poll's commands and commits their outputs in one
 // transaction; see the package doc for the protocol.
 func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
+	w.at(AfterPoll)
 	if err := w.sess.Begin(); err != nil {
 		// Only a producer left in a fatal state refuses to begin.
 		return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
@@ -233,6 +254,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		b.abort(fmt.Errorf("flush: %w", err))
 	}
 	b.produced.Wait()
+	w.at(AfterProduce)
 	if err := b.abortReason(); err != nil {
 		w.log.Warn("aborting transaction", "reason", err)
 		try = kgo.TryAbort
@@ -264,6 +286,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		}
 		return nil
 	}
+	w.at(AfterCommit)
 	if err := b.apply(); err != nil {
 		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
 	}

@@ -18,6 +18,9 @@ type Changelog struct {
 	// Kafka are the client options to connect with (seed brokers, TLS,
 	// SASL); Restore adds its own consuming options.
 	Kafka []kgo.Opt
+	// Progress, if set, is called after each batch of restored records is
+	// written with its checkpoint, with the records restored so far.
+	Progress func(records int)
 }
 
 // RestoreStats reports one restore.
@@ -89,6 +92,9 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 		}
 		b.Close()
 		b, pending = s.db.NewBatch(), 0
+		if src.Progress != nil {
+			src.Progress(st.Records)
+		}
 		return nil
 	}
 	for next < end {

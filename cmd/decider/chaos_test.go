@@ -43,7 +43,7 @@ func TestChaos(t *testing.T) {
 		}
 		duration = d
 	}
-	c := newChaos(t)
+	c := newChaos(t, 4)
 	c.startWorker()
 	stopSending := c.send(200) // commands per second
 	stats := c.disturb(duration)
@@ -60,7 +60,8 @@ func TestChaos(t *testing.T) {
 }
 
 type chaos struct {
-	t       *testing.T
+	t          *testing.T
+	partitions int32
 	bin     string
 	dir     string
 	addr    string
@@ -72,12 +73,11 @@ type chaos struct {
 	next    int // instance number of the next worker
 }
 
-const (
-	chaosPartitions = 4
-	chaosSession    = 1500 * time.Millisecond
-)
+const chaosSession = 1500 * time.Millisecond
 
-func newChaos(t *testing.T) *chaos {
+// newChaos builds the binary, starts a broker process and creates the
+// topics of app bank with the given partition count.
+func newChaos(t *testing.T, partitions int32) *chaos {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "decider")
@@ -85,12 +85,12 @@ func newChaos(t *testing.T) *chaos {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	app, err := accounts.App(chaosPartitions)
+	app, err := accounts.App(partitions)
 	if err != nil {
 		t.Fatal(err)
 	}
 	agg, _ := app.Aggregate(accounts.Name)
-	c := &chaos{t: t, bin: bin, dir: dir, addr: freeAddr(t), agg: agg, topics: app.Topics(agg)}
+	c := &chaos{t: t, partitions: partitions, bin: bin, dir: dir, addr: freeAddr(t), agg: agg, topics: app.Topics(agg)}
 	c.kafka = []kgo.Opt{kgo.SeedBrokers(c.addr)}
 	broker := c.start("broker", "broker", "--listen", c.addr, "--data-dir", filepath.Join(dir, "broker"))
 	t.Cleanup(broker.kill)
@@ -121,6 +121,7 @@ func newChaos(t *testing.T) *chaos {
 type proc struct {
 	name   string
 	args   []string
+	env    []string
 	bin    string
 	log    string
 	mu     sync.Mutex
@@ -132,7 +133,12 @@ type proc struct {
 }
 
 func (c *chaos) start(name string, args ...string) *proc {
-	p := &proc{name: name, args: args, bin: c.bin, log: filepath.Join(c.dir, name+".log")}
+	return c.startEnv(name, nil, args...)
+}
+
+// startEnv starts a child process with extra environment variables.
+func (c *chaos) startEnv(name string, env []string, args ...string) *proc {
+	p := &proc{name: name, args: args, env: env, bin: c.bin, log: filepath.Join(c.dir, name+".log")}
 	if err := p.run(); err != nil {
 		c.t.Fatal(err)
 	}
@@ -145,6 +151,7 @@ func (p *proc) run() error {
 		return err
 	}
 	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -214,14 +221,20 @@ func (p *proc) logTail() string {
 	return string(b)
 }
 
-func (c *chaos) startWorker() {
+func (c *chaos) startWorker() *proc {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	name := fmt.Sprintf("w%d", c.next)
 	c.next++
-	c.workers = append(c.workers, c.start(name, "run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
-		"--partitions", strconv.Itoa(chaosPartitions), "--instance", name,
-		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--log-level", "info"))
+	w := c.start(name, c.workerArgs(name)...)
+	c.workers = append(c.workers, w)
+	return w
+}
+
+func (c *chaos) workerArgs(name string) []string {
+	return []string{"run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
+		"--partitions", strconv.Itoa(int(c.partitions)), "--instance", name,
+		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--log-level", "info"}
 }
 
 // ensureWorkers restarts dead workers and starts new ones until n run.
@@ -365,7 +378,7 @@ func (c *chaos) record(id, cmdID string, cmd any) *kgo.Record {
 	}
 	h := func(k, v string) kgo.RecordHeader { return kgo.RecordHeader{Key: k, Value: []byte(v)} }
 	return &kgo.Record{
-		Topic: c.topics.Commands, Partition: topology.Partition([]byte(id), chaosPartitions), Key: []byte(id), Value: payload,
+		Topic: c.topics.Commands, Partition: topology.Partition([]byte(id), c.partitions), Key: []byte(id), Value: payload,
 		Headers: []kgo.RecordHeader{
 			h(schemas.HeaderSpecVersion, "1.0"), h(schemas.HeaderID, cmdID), h(schemas.HeaderType, typ),
 			h(schemas.HeaderSource, "chaos"), h(schemas.HeaderReplyTo, c.topics.Replies),

@@ -13,7 +13,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/deciderhq/decider/examples/accounts"
@@ -108,6 +110,7 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 	w, err := processor.New(processor.Config{
 		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log,
 		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout,
+		AtPoint: crashPoint(),
 	})
 	if err != nil {
 		return err
@@ -172,4 +175,31 @@ func serveHTTP(addr string, log *slog.Logger) (stop func(), err error) {
 		}
 	}()
 	return func() { srv.Close() }, nil
+}
+
+// crashPoint is the crash tests' switch: DECIDER_TEST_CRASH_AT=<point>[:n]
+// makes the worker exit abruptly (status 137, as after kill -9) the n-th
+// time (default 1st) it passes that processor.Point. Not for production.
+func crashPoint() func(processor.Point) {
+	spec := os.Getenv("DECIDER_TEST_CRASH_AT")
+	if spec == "" {
+		return nil
+	}
+	name, nth, _ := strings.Cut(spec, ":")
+	n, err := strconv.Atoi(nth)
+	if err != nil || n < 1 {
+		n = 1
+	}
+	var mu sync.Mutex
+	return func(p processor.Point) {
+		if string(p) != name {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if n--; n == 0 {
+			fmt.Fprintf(os.Stderr, "decider: crashing at %s (DECIDER_TEST_CRASH_AT)\n", p)
+			os.Exit(137)
+		}
+	}
 }
