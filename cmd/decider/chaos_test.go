@@ -62,15 +62,15 @@ func TestChaos(t *testing.T) {
 type chaos struct {
 	t          *testing.T
 	partitions int32
-	bin     string
-	dir     string
-	addr    string
-	kafka   []kgo.Opt
-	agg     *topology.Aggregate
-	topics  topology.Topics
-	mu      sync.Mutex
-	workers []*proc
-	next    int // instance number of the next worker
+	bin        string
+	dir        string
+	addr       string
+	kafka      []kgo.Opt
+	agg        *topology.Aggregate
+	topics     topology.Topics
+	mu         sync.Mutex
+	workers    []*proc
+	next       int // instance number of the next worker
 }
 
 const chaosSession = 1500 * time.Millisecond
