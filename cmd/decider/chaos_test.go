@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -19,7 +20,10 @@ import (
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // The chaos test runs a broker process and worker processes of app bank,
@@ -59,6 +63,71 @@ func TestChaos(t *testing.T) {
 	}
 }
 
+// The in-process variant: a three-broker kfake cluster in the test process,
+// worker processes, and broker faults injected while commands flow: produce
+// errors, NOT_COORDINATOR and CONCURRENT_TRANSACTIONS from the transaction
+// coordinator, failed EndTxn and TxnOffsetCommit, coordinator moves and
+// partition leader moves, with a kill -9 now and then.
+func TestChaosBrokerFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos needs real processes")
+	}
+	duration := 15 * time.Second
+	if s := os.Getenv("DECIDER_SOAK"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("DECIDER_SOAK=%q: %v", s, err)
+		}
+		duration = d
+	}
+	c, cluster := newChaosInProcess(t, 4)
+	c.startWorker()
+	c.startWorker()
+	stopSending := c.send(200)
+	rng := rand.New(rand.NewPCG(5, 6))
+	faults := []kfake.Fault{
+		{Keys: []kmsg.Key{kmsg.Produce}, Topic: c.topics.Events, Err: kerr.InvalidRecord, Count: 2},
+		{Keys: []kmsg.Key{kmsg.Produce}, Topic: c.topics.Snapshots, Err: kerr.NotLeaderForPartition, Count: 3},
+		{Keys: []kmsg.Key{kmsg.AddPartitionsToTxn, kmsg.AddOffsetsToTxn}, Err: kerr.NotCoordinator, Count: 3},
+		{Keys: []kmsg.Key{kmsg.AddPartitionsToTxn}, Err: kerr.ConcurrentTransactions, Count: 3},
+		{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.CoordinatorNotAvailable, Count: 2},
+		{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.NotCoordinator, Count: 2},
+		{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration, Count: 1},
+		{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.CoordinatorLoadInProgress, Count: 2},
+	}
+	var injected, moves, kills int
+	for end := time.Now().Add(duration); time.Now().Before(end); {
+		time.Sleep(time.Duration(300+rng.IntN(400)) * time.Millisecond) // the pace of the faults
+		switch n := rng.IntN(12); {
+		case n < 8:
+			cluster.Fault(faults[rng.IntN(len(faults))])
+			injected++
+		case n < 10:
+			topic := []string{c.topics.Commands, c.topics.Events, c.topics.Snapshots, c.topics.Replies}[rng.IntN(4)]
+			if err := cluster.MoveTopicPartition(topic, rng.Int32N(c.partitions), rng.Int32N(3)); err != nil {
+				t.Fatal(err)
+			}
+			moves++
+		case n < 11:
+			cluster.RehashCoordinators()
+			moves++
+		default:
+			w := c.workers[rng.IntN(len(c.workers))]
+			w.kill()
+			if err := w.run(); err != nil {
+				t.Fatal(err)
+			}
+			kills++
+		}
+	}
+	sent := stopSending()
+	t.Logf("broker faults: %d commands sent in %v; %d faults injected, %d leader/coordinator moves, %d kills", sent, duration, injected, moves, kills)
+	c.check(sent)
+	if n := c.selfExits(); n > 0 {
+		t.Errorf("%d worker processes exited by themselves", n)
+	}
+}
+
 type chaos struct {
 	t          *testing.T
 	partitions int32
@@ -66,6 +135,7 @@ type chaos struct {
 	dir        string
 	addr       string
 	kafka      []kgo.Opt
+	app        *topology.App
 	agg        *topology.Aggregate
 	topics     topology.Topics
 	mu         sync.Mutex
@@ -79,20 +149,9 @@ const chaosSession = 1500 * time.Millisecond
 // topics of app bank with the given partition count.
 func newChaos(t *testing.T, partitions int32) *chaos {
 	t.Helper()
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "decider")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	app, err := accounts.App(partitions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agg, _ := app.Aggregate(accounts.Name)
-	c := &chaos{t: t, partitions: partitions, bin: bin, dir: dir, addr: freeAddr(t), agg: agg, topics: app.Topics(agg)}
-	c.kafka = []kgo.Opt{kgo.SeedBrokers(c.addr)}
-	broker := c.start("broker", "broker", "--listen", c.addr, "--data-dir", filepath.Join(dir, "broker"))
+	c := buildChaos(t, partitions)
+	c.addr = freeAddr(t)
+	broker := c.start("broker", "broker", "--listen", c.addr, "--data-dir", filepath.Join(c.dir, "broker"))
 	t.Cleanup(broker.kill)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -106,15 +165,53 @@ func newChaos(t *testing.T, partitions int32) *chaos {
 		}
 		time.Sleep(50 * time.Millisecond) // a port to open: nothing to wait on but the port
 	}
-	if err := ensureTopics(context.Background(), c.kafka, app); err != nil {
+	c.createTopics()
+	return c
+}
+
+// newChaosInProcess is newChaos with a three-broker kfake cluster inside the
+// test process, so that the test can inject broker faults.
+func newChaosInProcess(t *testing.T, partitions int32) (*chaos, *kfake.Cluster) {
+	t.Helper()
+	c := buildChaos(t, partitions)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.GroupMinSessionTimeout(500*time.Millisecond))
+	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(cluster.Close)
+	c.addr = strings.Join(cluster.ListenAddrs(), ",")
+	c.createTopics()
+	return c, cluster
+}
+
+// buildChaos builds the binary; the broker is the caller's.
+func buildChaos(t *testing.T, partitions int32) *chaos {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "decider")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	app, err := accounts.App(partitions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, _ := app.Aggregate(accounts.Name)
+	c := &chaos{t: t, partitions: partitions, bin: bin, dir: dir, app: app, agg: agg, topics: app.Topics(agg)}
 	t.Cleanup(func() {
 		for _, w := range c.workers {
 			w.kill()
 		}
 	})
 	return c
+}
+
+func (c *chaos) createTopics() {
+	c.kafka = []kgo.Opt{kgo.SeedBrokers(strings.Split(c.addr, ",")...)}
+	if err := ensureTopics(context.Background(), c.kafka, c.app); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 // proc is a child process of the test.
