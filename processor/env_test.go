@@ -85,7 +85,7 @@ func (e *env) start(dir, instance string) *running {
 	if os.Getenv("DECIDER_TEST_LOG") == "kgo" {
 		kafka = append(kafka, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelDebug, nil)))
 	}
-	w, err := New(Config{App: e.app, Store: store, Kafka: kafka, InstanceID: instance, Logger: testLogger(e.t), SessionTimeout: time.Second})
+	w, err := New(Config{App: e.app, Store: store, Kafka: kafka, InstanceID: instance, Logger: testLogger(e.t), SessionTimeout: time.Second, TransactionTimeout: 2 * time.Second})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -190,6 +190,9 @@ func TestFailedTransactionLeavesNoTrace(t *testing.T) {
 		{"TxnOffsetCommit error", kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration, Count: -1}},
 		{"EndTxn error", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.CoordinatorNotAvailable, Count: -1}},
 		{"EndTxn timeout", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.RequestTimedOut, Count: -1}},
+		// Fenced (as after a transaction timeout while paused): the worker
+		// rejoins with a new producer instead of exiting.
+		{"EndTxn fenced", kfake.Fault{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.ProducerFenced, Count: -1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, 2)

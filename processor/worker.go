@@ -150,10 +150,15 @@ func (w *Worker) TransactionalID() string { return w.cfg.App.Name() + "-" + w.cf
 // does. Two live processes with one InstanceID fence each other in turn and
 // make slow progress; the logs say so at warn.
 func (w *Worker) Run(ctx context.Context) error {
-	for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+	const firstBackoff = 500 * time.Millisecond
+	for backoff := firstBackoff; ; backoff = min(2*backoff, 30*time.Second) {
+		began := time.Now()
 		err := w.session(ctx)
 		if !errors.Is(err, ErrFenced) || ctx.Err() != nil {
 			return err
+		}
+		if time.Since(began) > time.Minute {
+			backoff = firstBackoff // fenced after a good run: not a fencing loop
 		}
 		w.log.Warn("fenced; rejoining with a new producer", "err", err, "in", backoff)
 		select {
