@@ -36,6 +36,7 @@ func commands() map[string]command {
 		"run":    {"a worker of app bank against a Kafka cluster", runUsage, runWorker},
 		"send":   {"send one command and print its reply", sendUsage, runSend},
 		"broker": {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
+		"verify": {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
 	}
 }
 
