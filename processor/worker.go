@@ -177,7 +177,6 @@ func (w *Worker) session(ctx context.Context) error {
 		kgo.TransactionalID(w.TransactionalID()),
 		kgo.TransactionTimeout(w.cfg.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.SessionTimeout(w.cfg.SessionTimeout),

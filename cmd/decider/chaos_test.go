@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -554,7 +555,6 @@ func (c *chaos) check(sent int) {
 	type agg struct {
 		state   accounts.Account
 		version int64
-		recent  []schemas.Reply
 		events  []any
 	}
 	aggs := map[string]*agg{}
@@ -645,6 +645,13 @@ func (c *chaos) check(sent int) {
 	}
 	t.Logf("chaos: %d commands, %d replies, %d events, %d aggregates: %d lost, %d duplicated, %d wrong replies, %d event gaps, %d wrong balances",
 		len(commands), len(replies), len(events), len(aggs), lost, dup, wrong, gaps, wrongBalances)
+	// And the operators' checker, over the same topics.
+	rep, err := verify(context.Background(), c.kafka, c.app, io.Discard)
+	if err != nil || rep.Pending != 0 {
+		var out strings.Builder
+		rep.print(&out)
+		t.Errorf("decider verify: %v (%d pending)\n%s", err, rep.Pending, out.String())
+	}
 	if lost+dup+wrong+gaps+wrongBalances > 0 {
 		for _, w := range c.workers {
 			t.Logf("log tail of %s:\n%s", w.name, w.logTail())
