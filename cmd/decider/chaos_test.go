@@ -37,17 +37,7 @@ import (
 // Short form in `go test ./...`; the long form runs for DECIDER_SOAK (a
 // duration, e.g. DECIDER_SOAK=10m go test -run TestChaos -v ./cmd/decider).
 func TestChaos(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos needs real processes")
-	}
-	duration := 20 * time.Second
-	if s := os.Getenv("DECIDER_SOAK"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("DECIDER_SOAK=%q: %v", s, err)
-		}
-		duration = d
-	}
+	duration := chaosDuration(t, 20*time.Second)
 	c := newChaos(t, 4)
 	c.startWorker()
 	stopSending := c.send(200) // commands per second
@@ -70,17 +60,7 @@ func TestChaos(t *testing.T) {
 // coordinator, failed EndTxn and TxnOffsetCommit, coordinator moves and
 // partition leader moves, with a kill -9 now and then.
 func TestChaosBrokerFaults(t *testing.T) {
-	if testing.Short() {
-		t.Skip("chaos needs real processes")
-	}
-	duration := 15 * time.Second
-	if s := os.Getenv("DECIDER_SOAK"); s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			t.Fatalf("DECIDER_SOAK=%q: %v", s, err)
-		}
-		duration = d
-	}
+	duration := chaosDuration(t, 15*time.Second)
 	c, cluster := newChaosInProcess(t, 4)
 	c.startWorker()
 	c.startWorker()
@@ -127,6 +107,24 @@ func TestChaosBrokerFaults(t *testing.T) {
 	if n := c.selfExits(); n > 0 {
 		t.Errorf("%d worker processes exited by themselves", n)
 	}
+}
+
+// chaosDuration skips the test in -short mode and returns how long to
+// disturb: def, or DECIDER_SOAK for the long form.
+func chaosDuration(t *testing.T, def time.Duration) time.Duration {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("chaos needs real processes")
+	}
+	s := os.Getenv("DECIDER_SOAK")
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		t.Fatalf("DECIDER_SOAK=%q: %v", s, err)
+	}
+	return d
 }
 
 type chaos struct {
@@ -372,7 +370,7 @@ func (c *chaos) disturb(d time.Duration) chaosStats {
 	end := time.Now().Add(d)
 	rng := rand.New(rand.NewPCG(1, 2))
 	for step := 0; time.Now().Before(end); step++ {
-		time.Sleep(time.Duration(800+rng.IntN(800)) * time.Millisecond) // the pace of the faults
+		time.Sleep(time.Duration(400+rng.IntN(600)) * time.Millisecond) // the pace of the faults
 		switch {
 		case step == 1 || step == 2: // scale 1 → 3
 			c.startWorker()
