@@ -202,6 +202,9 @@ func buildChaos(t *testing.T, partitions int32) *chaos {
 		for _, w := range c.workers {
 			w.kill()
 		}
+		if t.Failed() {
+			c.keepLogs()
+		}
 	})
 	return c
 }
@@ -306,6 +309,21 @@ func (p *proc) resume() {
 	p.mu.Unlock()
 	if paused {
 		p.signal(syscall.SIGCONT)
+	}
+}
+
+// keepLogs copies the child processes' logs to $DECIDER_CHAOS_LOGS, if set,
+// for a look after a failure (the test's temp dir is removed).
+func (c *chaos) keepLogs() {
+	dst := os.Getenv("DECIDER_CHAOS_LOGS")
+	if dst == "" {
+		return
+	}
+	files, _ := filepath.Glob(filepath.Join(c.dir, "*.log"))
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			_ = os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o644)
+		}
 	}
 }
 
