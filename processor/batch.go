@@ -233,11 +233,12 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			}
 		}
 	}
+	// Every decided command updates the snapshot, even one that changed
+	// nothing on an aggregate with no events: its offset and reply are what
+	// make a replay or a retry of it answer the same, never decide again.
 	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)
-	if next.version > 0 {
-		if err := pb.snapshot(id, next, d.stateBytes); err != nil {
-			return err
-		}
+	if err := pb.snapshot(id, next, d.stateBytes); err != nil {
+		return err
 	}
 	pb.reply(ctx, c, reply)
 	return nil

@@ -130,8 +130,8 @@ func TestCommandsToRepliesEventsAndSnapshots(t *testing.T) {
 			t.Errorf("snapshot of %s = %+v v%d, want %+v v%d", id, st.state, st.version, m.state[id], m.ver[id])
 		}
 	}
-	if _, ok := latest["never-opened"]; ok {
-		t.Error("a rejected command on an aggregate with no events wrote a snapshot")
+	if st, ok := latest["never-opened"]; !ok || st.version != 0 || len(st.recent) != 1 {
+		t.Errorf("a rejected command on an aggregate with no events must leave a snapshot at version 0 remembering its reply, got %+v", st)
 	}
 	errIsNil(t, w.stop())
 }
@@ -173,8 +173,8 @@ func TestRestartFromPebbleAndFromChangelog(t *testing.T) {
 		}
 		n += c
 	}
-	if n != 15 {
-		t.Fatalf("the restored store holds %d aggregates, want 15", n)
+	if n != 16 {
+		t.Fatalf("the restored store holds %d aggregates, want 15 accounts and never-opened", n)
 	}
 	errIsNil(t, w.stop())
 }
@@ -260,4 +260,41 @@ func TestTwoWorkersSplitPartitions(t *testing.T) {
 	want = e.run(m, more)
 	e.check(m, want, len(steps)+len(more))
 	errIsNil(t, w2.stop())
+}
+
+// A command rejected before its aggregate has events, sent again with the
+// same id after the aggregate was created, gets its first reply again: it is
+// not decided a second time.
+func TestRetryOfCommandRejectedBeforeTheFirstEvent(t *testing.T) {
+	e := newEnv(t, 2)
+	w := e.start(t.TempDir(), "w1")
+	defer w.stop()
+	e.produce(
+		e.command("acc", "early", accounts.Deposit{Amount: 5}),
+		e.command("acc", "open", accounts.OpenAccount{Owner: "ada"}),
+		e.command("acc", "early", accounts.Deposit{Amount: 5}),
+	)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var early []schemas.Reply
+		for _, r := range e.readAll(e.topics.Replies) {
+			v, _ := e.agg.Schemas().Decode(schemas.ReplyName, r.Value)
+			if rep := v.(schemas.Reply); rep.CommandID == "early" {
+				early = append(early, rep)
+			}
+		}
+		if len(early) == 2 {
+			if early[0] != early[1] || early[0].Reason != "no_account" {
+				t.Fatalf("the retry was decided again: %+v then %+v", early[0], early[1])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d replies to the early command after 30s, want 2", len(early))
+		}
+		time.Sleep(50 * time.Millisecond) // polling a topic: there is no condition to wait on
+	}
+	if n := len(e.checkEvents()["acc"]); n != 1 {
+		t.Fatalf("%d events, want the open only", n)
+	}
 }
