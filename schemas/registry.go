@@ -59,12 +59,19 @@ type binding struct {
 	resolved map[uint64]avro.Schema // writer fingerprint → schema to read it with
 }
 
+// maxArrayItems bounds the items of one decoded array. The decoder allocates
+// an array block's items at once, so without a bound a few bytes claiming a
+// block of 2^40 items kill the process (running out of memory is not a
+// panic). Each item takes at least one byte (but for null and empty records),
+// so this is more than a 1 MiB payload can hold.
+const maxArrayItems = 1 << 20
+
 // NewRegistry returns a registry that already holds decider's own schemas
 // (decider.Reply, decider.Status, decider.Snapshot) bound to Reply and
 // Snapshot.
 func NewRegistry() *Registry {
 	r := &Registry{
-		api:    avro.Config{}.Freeze(),
+		api:    avro.Config{MaxSliceAllocSize: maxArrayItems}.Freeze(),
 		cache:  &avro.SchemaCache{},
 		byName: map[string]*binding{},
 		byFP:   map[uint64]avro.NamedSchema{},
@@ -84,9 +91,13 @@ func NewRegistry() *Registry {
 
 // Add parses one .avsc document (a named record, enum or fixed) and makes it
 // the current schema of its full name. Names it references must have been
-// added before.
+// added before. A schema that cannot read every earlier version of its name
+// is refused, and the registry is left as it was.
 func (r *Registry) Add(schemaJSON string) error {
-	s, err := avro.ParseWithCache(schemaJSON, "", r.cache)
+	// Parse into a copy of the cache: a refused schema leaves no trace in it.
+	cache := &avro.SchemaCache{}
+	cache.AddAll(r.cache)
+	s, err := avro.ParseWithCache(schemaJSON, "", cache)
 	if err != nil {
 		return fmt.Errorf("parse schema: %w", err)
 	}
@@ -102,16 +113,22 @@ func (r *Registry) Add(schemaJSON string) error {
 	if _, dup := r.byFP[key]; dup {
 		return nil // the same schema twice is harmless
 	}
+	resolved, err := r.resolve(named, key)
+	if err != nil {
+		return err
+	}
+	r.cache = cache
 	r.byFP[key] = named
 	b := r.byName[named.FullName()]
 	if b == nil {
-		b = &binding{name: named.FullName(), resolved: map[uint64]avro.Schema{}}
+		b = &binding{name: named.FullName()}
 		r.byName[b.name] = b
 	}
 	b.schema = named
 	b.fp = key
 	b.header = append(slices.Clip(soe.Magic), fp...)
-	return r.resolveAll(b)
+	b.resolved = resolved
+	return nil
 }
 
 // AddFS adds every *.avsc file in dir of fsys. Files may reference each
@@ -148,22 +165,22 @@ func (r *Registry) AddFS(fsys fs.FS, dir string) error {
 	return nil
 }
 
-// resolveAll (re)computes, for every known writer schema of b's name, the
-// schema that reads it into b's current schema.
-func (r *Registry) resolveAll(b *binding) error {
-	clear(b.resolved)
+// resolve computes, for every known writer schema of reader's name but the
+// one with fingerprint fp, the schema that reads it into reader.
+func (r *Registry) resolve(reader avro.NamedSchema, fp uint64) (map[uint64]avro.Schema, error) {
+	resolved := map[uint64]avro.Schema{}
 	sc := avro.NewSchemaCompatibility()
-	for fp, w := range r.byFP {
-		if w.FullName() != b.name || fp == b.fp {
+	for wfp, w := range r.byFP {
+		if w.FullName() != reader.FullName() || wfp == fp {
 			continue
 		}
-		res, err := sc.Resolve(b.schema, w)
+		res, err := sc.Resolve(reader, w)
 		if err != nil {
-			return fmt.Errorf("schema %s: an earlier version (fingerprint %016x) cannot be read by the current one: %w", b.name, fp, err)
+			return nil, fmt.Errorf("schema %s: an earlier version (fingerprint %016x) cannot be read by the current one: %w", reader.FullName(), wfp, err)
 		}
-		b.resolved[fp] = res
+		resolved[wfp] = res
 	}
-	return nil
+	return resolved, nil
 }
 
 // Bind makes values of Go type T encode with, and the record named name
