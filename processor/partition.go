@@ -10,12 +10,14 @@ import (
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // assigned is one assignment of a commands partition to this worker, from
 // onAssigned to onRevoked. A partition assigned again gets a new one.
 type assigned struct {
 	w      *Worker
+	cl     *kgo.Client // the session's client, whose fetching of the partition waits for the restore
 	agg    *topology.Aggregate
 	key    partitionKey
 	topics topology.Topics
@@ -26,11 +28,11 @@ type assigned struct {
 	ready  chan struct{} // closed when the restore is done
 }
 
-func newAssigned(w *Worker, agg *topology.Aggregate, p int32) *assigned {
+func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *assigned {
 	ctx, cancel := context.WithCancel(context.Background())
 	topics := w.cfg.App.Topics(agg)
 	return &assigned{
-		w: w, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
+		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
 		source: w.cfg.App.Source(agg), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
 	}
 }
@@ -48,6 +50,7 @@ func (a *assigned) restore() {
 		if err == nil {
 			log.Info("partition restored", "records", st.Records, "from", st.From, "to", st.To, "full", st.Full, "took", st.Took)
 			close(a.ready)
+			a.cl.ResumeFetchPartitions(map[string][]int32{a.key.topic: {a.key.partition}})
 			return
 		}
 		if a.ctx.Err() != nil {

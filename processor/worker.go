@@ -50,6 +50,10 @@ type Config struct {
 	// its open transaction to end before restoring. Default 10s (Kafka
 	// Streams' exactly-once default); it must exceed the time a batch takes.
 	TransactionTimeout time.Duration
+	// RebalanceTimeout is how long a rebalance waits for every member to
+	// rejoin; a member killed during a rebalance holds the group up for
+	// this long. It must exceed the time a batch takes. Default 60s.
+	RebalanceTimeout time.Duration
 	// AtPoint, if set, is called at the named points of the protocol. It
 	// is a test seam: the crash tests exit the process there.
 	AtPoint func(Point)
@@ -128,6 +132,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.TransactionTimeout <= 0 {
 		cfg.TransactionTimeout = 10 * time.Second
 	}
+	if cfg.RebalanceTimeout <= 0 {
+		cfg.RebalanceTimeout = time.Minute
+	}
 	return &Worker{
 		cfg:   cfg,
 		log:   cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
@@ -181,6 +188,7 @@ func (w *Worker) session(ctx context.Context) error {
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.SessionTimeout(w.cfg.SessionTimeout),
 		kgo.HeartbeatInterval(w.cfg.SessionTimeout/4),
+		kgo.RebalanceTimeout(w.cfg.RebalanceTimeout),
 		kgo.OnPartitionsAssigned(w.onAssigned),
 		kgo.OnPartitionsRevoked(w.onRevoked),
 		kgo.OnPartitionsLost(w.onRevoked),
@@ -299,7 +307,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 
 // onAssigned starts restoring every newly assigned partition. Commands of a
 // partition are not decided before its restore is done.
-func (w *Worker) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[string][]int32) {
+func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[string][]int32) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for topic, ps := range assigned {
@@ -308,17 +316,20 @@ func (w *Worker) onAssigned(ctx context.Context, _ *kgo.Client, assigned map[str
 			continue
 		}
 		for _, p := range ps {
-			w.assign(agg, p)
+			w.assign(cl, agg, p)
 		}
 		w.log.Info("partitions assigned", "topic", topic, "partitions", ps)
 	}
 }
 
 // assign starts an assignment of partition p of agg's commands topic and
-// its restore. Called with w.mu held.
-func (w *Worker) assign(agg *topology.Aggregate, p int32) {
-	a := newAssigned(w, agg, p)
+// its restore. The partition's fetching is paused until the restore is done,
+// so that no batch holds its commands (and keeps a transaction open) while
+// it restores. Called with w.mu held.
+func (w *Worker) assign(cl *kgo.Client, agg *topology.Aggregate, p int32) {
+	a := newAssigned(w, cl, agg, p)
 	w.parts[a.key] = a
+	cl.PauseFetchPartitions(map[string][]int32{a.key.topic: {p}})
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -335,7 +346,7 @@ func (w *Worker) reassign(a *assigned) {
 		return // revoked meanwhile
 	}
 	a.cancel()
-	w.assign(a.agg, a.key.partition)
+	w.assign(a.cl, a.agg, a.key.partition)
 }
 
 // onRevoked forgets revoked or lost partitions and stops their restores.

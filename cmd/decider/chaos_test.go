@@ -348,7 +348,7 @@ func (c *chaos) startWorker() *proc {
 func (c *chaos) workerArgs(name string) []string {
 	return []string{"run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
 		"--partitions", strconv.Itoa(int(c.partitions)), "--instance", name,
-		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--log-level", "info"}
+		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--rebalance-timeout", "5s", "--log-level", "info"}
 }
 
 // ensureWorkers restarts dead workers and starts new ones until n run.

@@ -46,6 +46,7 @@ type workerFlags struct {
 	instance   *string
 	session    *time.Duration
 	txnTimeout *time.Duration
+	rebalance  *time.Duration
 	logger     func() *slog.Logger
 }
 
@@ -57,6 +58,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		instance:   fs.String("instance", "", "stable instance id (default: generated once and kept in the data dir)"),
 		session:    fs.Duration("session-timeout", 10*time.Second, "consumer group session timeout: a silent worker loses its partitions after it"),
 		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
+		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
 		logger:     logFlags(fs),
 	}
 }
@@ -109,7 +111,7 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 	defer store.Close()
 	w, err := processor.New(processor.Config{
 		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log,
-		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout,
+		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
 		AtPoint: crashPoint(),
 	})
 	if err != nil {
