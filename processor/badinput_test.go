@@ -2,6 +2,7 @@ package processor
 
 import (
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,5 +124,30 @@ func TestBadInputAndCallerHeaders(t *testing.T) {
 	}
 	if p := topology.Partition([]byte("acc"), e.agg.Partitions()); wrongPartition.Partition == p {
 		t.Fatal("test bug: the misrouted command was on its right partition")
+	}
+}
+
+// A command whose event or snapshot would exceed the record limit is FAILED
+// (too_large) and dead-lettered; it does not become a record the broker
+// refuses, which would fail every transaction of the partition.
+func TestTooLargeOutputIsRefused(t *testing.T) {
+	e := newEnv(t, 2)
+	w := e.start(t.TempDir(), "w1", func(c *Config) { c.MaxRecordBytes = 100_000 })
+	defer w.stop()
+	big := strings.Repeat("x", 200_000)
+	e.produce(
+		e.command("big", "big-open", accounts.OpenAccount{Owner: big}),
+		e.command("big", "small-open", accounts.OpenAccount{Owner: "ada"}),
+	)
+	replies := e.waitReplies(2)
+	if r := replies["big-open"]; r.Status != schemas.Failed || r.Reason != "too_large" {
+		t.Fatalf("big open: %+v, want FAILED too_large", r)
+	}
+	if r := replies["small-open"]; r.Status != schemas.Accepted || r.Version != 1 {
+		t.Fatalf("the partition did not go on: %+v", r)
+	}
+	dlq := e.readAll(e.topics.DLQ)
+	if len(dlq) != 1 || header(dlq[0], schemas.HeaderDLQReason) != "too_large" {
+		t.Fatalf("dead letters: %d, want the big open with reason too_large", len(dlq))
 	}
 }

@@ -216,7 +216,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	case c.expectedVersion >= 0 && c.expectedVersion != st.version:
 		reply.Status, reply.Reason = schemas.Conflict, "version_mismatch"
 	default:
-		d = decide(agg, st.state, cmd)
+		d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
 		switch {
 		case errors.As(d.err, &rejection):
 			reply.Status, reply.Reason = schemas.Rejected, string(rejection)
@@ -256,6 +256,10 @@ func window(recent []schemas.Reply, r schemas.Reply, n int) []schemas.Reply {
 	return append(append(out, recent...), r)
 }
 
+// snapshotOverhead bounds what a snapshot record adds to its state: the
+// envelope and a full dedupe window of replies.
+const snapshotOverhead = 64 << 10
+
 // decision is what Decide, Evolve and the encoders made of one command.
 type decision struct {
 	events     []encoded
@@ -272,7 +276,7 @@ type encoded struct {
 
 // decide runs the domain code on one command. A panic anywhere in it is
 // caught and becomes a FAILED decision, never a crashed worker.
-func decide(agg *topology.Aggregate, state, cmd any) (d decision) {
+func decide(agg *topology.Aggregate, state, cmd any, maxRecord int) (d decision) {
 	defer func() {
 		if p := recover(); p != nil {
 			d = decision{err: fmt.Errorf("panic: %v", p), reason: "handler_panic"}
@@ -288,10 +292,19 @@ func decide(agg *topology.Aggregate, state, cmd any) (d decision) {
 		if err != nil {
 			return decision{err: err, reason: "encode_error"}
 		}
+		if len(payload) > maxRecord {
+			return decision{err: fmt.Errorf("event %s of %d bytes exceeds the record limit of %d", name, len(payload), maxRecord), reason: "too_large"}
+		}
 		d.events = append(d.events, encoded{name, payload})
 	}
 	if d.stateBytes, err = agg.EncodeState(d.state); err != nil {
 		return decision{err: err, reason: "encode_error"}
+	}
+	// The snapshot is the state plus a few hundred bytes of envelope and
+	// dedupe window; a record the broker refuses would fail every
+	// transaction of the partition, so it is refused here instead.
+	if len(d.stateBytes) > maxRecord-snapshotOverhead {
+		return decision{err: fmt.Errorf("state of %d bytes exceeds the record limit of %d", len(d.stateBytes), maxRecord), reason: "too_large"}
 	}
 	return d
 }

@@ -75,7 +75,7 @@ type running struct {
 }
 
 // start runs a worker with its state in dir.
-func (e *env) start(dir, instance string) *running {
+func (e *env) start(dir, instance string, configure ...func(*Config)) *running {
 	e.t.Helper()
 	store, err := statestore.Open(dir, nil)
 	if err != nil {
@@ -85,7 +85,11 @@ func (e *env) start(dir, instance string) *running {
 	if os.Getenv("DECIDER_TEST_LOG") == "kgo" {
 		kafka = append(kafka, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelDebug, nil)))
 	}
-	w, err := New(Config{App: e.app, Store: store, Kafka: kafka, InstanceID: instance, Logger: testLogger(e.t), SessionTimeout: time.Second, TransactionTimeout: 2 * time.Second})
+	cfg := Config{App: e.app, Store: store, Kafka: kafka, InstanceID: instance, Logger: testLogger(e.t), SessionTimeout: time.Second, TransactionTimeout: 2 * time.Second}
+	for _, f := range configure {
+		f(&cfg)
+	}
+	w, err := New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

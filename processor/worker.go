@@ -37,6 +37,11 @@ type Config struct {
 	// MaxPayloadBytes is the largest command payload decided; larger ones
 	// are INVALID (too_large). Default 1 MiB.
 	MaxPayloadBytes int
+	// MaxRecordBytes is the largest event or snapshot a command may write;
+	// one that would be larger makes the command FAILED (too_large) instead
+	// of a record the broker refuses, which would fail every transaction.
+	// Keep it below the topics' max.message.bytes. Default 1000000.
+	MaxRecordBytes int
 	// DedupeWindow is how many recent replies each aggregate's snapshot
 	// keeps: a command id seen again within them gets its first reply again
 	// and writes nothing. Default 32; negative disables it.
@@ -122,6 +127,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.MaxPayloadBytes <= 0 {
 		cfg.MaxPayloadBytes = 1 << 20
+	}
+	if cfg.MaxRecordBytes <= snapshotOverhead {
+		cfg.MaxRecordBytes = 1000000
 	}
 	if cfg.DedupeWindow == 0 {
 		cfg.DedupeWindow = 32

@@ -66,12 +66,16 @@ type binding struct {
 // so this is more than a 1 MiB payload can hold.
 const maxArrayItems = 1 << 20
 
+// maxBytes bounds one decoded string or bytes value: more than any Kafka
+// record carries (hamba's default, 1 MiB, is less than a snapshot may hold).
+const maxBytes = 16 << 20
+
 // NewRegistry returns a registry that already holds decider's own schemas
 // (decider.Reply, decider.Status, decider.Snapshot) bound to Reply and
 // Snapshot.
 func NewRegistry() *Registry {
 	r := &Registry{
-		api:    avro.Config{MaxSliceAllocSize: maxArrayItems}.Freeze(),
+		api:    avro.Config{MaxSliceAllocSize: maxArrayItems, MaxByteSliceSize: maxBytes}.Freeze(),
 		cache:  &avro.SchemaCache{},
 		byName: map[string]*binding{},
 		byFP:   map[uint64]avro.NamedSchema{},
