@@ -199,7 +199,12 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	if prev, ok := st.seen(c.id); ok {
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
 		pb.reply(ctx, c, prev)
-		return nil
+		// The snapshot moves on to this offset too, so that a replay of
+		// the duplicate (after the group's offsets went back) is skipped
+		// like any applied command instead of answered again.
+		again := *st
+		again.commandOffset = r.Offset
+		return pb.snapshot(id, &again, nil)
 	}
 	cmd, err := agg.DecodeCommand(c.typ, r.Value)
 	if err != nil {

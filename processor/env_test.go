@@ -195,24 +195,31 @@ func (e *env) readAll(topic string) []*kgo.Record {
 // them by command id. It fails on a command id answered twice.
 func (e *env) waitReplies(n int) map[string]schemas.Reply {
 	e.t.Helper()
+	out := map[string]schemas.Reply{}
+	for _, rep := range e.waitRepliesRaw(n) {
+		if _, dup := out[rep.CommandID]; dup {
+			e.t.Fatalf("command %s answered twice", rep.CommandID)
+		}
+		out[rep.CommandID] = rep
+	}
+	return out
+}
+
+// waitRepliesRaw reads the replies topic until it holds at least n replies
+// and returns them all, in no particular order.
+func (e *env) waitRepliesRaw(n int) []schemas.Reply {
+	e.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		out := map[string]schemas.Reply{}
+		var out []schemas.Reply
 		for _, r := range e.readAll(e.topics.Replies) {
 			v, err := e.agg.Schemas().Decode(schemas.ReplyName, r.Value)
 			if err != nil {
 				e.t.Fatal(err)
 			}
-			rep := v.(schemas.Reply)
-			if _, dup := out[rep.CommandID]; dup {
-				e.t.Fatalf("command %s answered twice", rep.CommandID)
-			}
-			out[rep.CommandID] = rep
+			out = append(out, v.(schemas.Reply))
 		}
 		if len(out) >= n {
-			if len(out) > n {
-				e.t.Fatalf("%d replies, want %d", len(out), n)
-			}
 			return out
 		}
 		if time.Now().After(deadline) {

@@ -12,6 +12,7 @@ import (
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -297,4 +298,53 @@ func TestRetryOfCommandRejectedBeforeTheFirstEvent(t *testing.T) {
 	if n := len(e.checkEvents()["acc"]); n != 1 {
 		t.Fatalf("%d events, want the open only", n)
 	}
+}
+
+// Defence in depth (KAFKA-20416): when the group's committed offsets go
+// back (a reset, a lost offset), the commands already applied are not
+// decided or answered again, retries of them included, whether the worker's
+// state comes from its Pebble store or from the changelog alone.
+func TestGroupOffsetsGoingBackAnswerNothingTwice(t *testing.T) {
+	e := newEnv(t, 2)
+	m := newModel()
+	steps := script("s", 60, 6)
+	steps = append(steps, steps[20], steps[30]) // retries of earlier commands
+	want := map[string]schemas.Reply{}
+	for _, s := range steps {
+		e.produce(e.command(s.id, s.cmdID, s.cmd))
+		if _, dup := want[s.cmdID]; !dup {
+			want[s.cmdID] = m.apply(s)
+		}
+	}
+	dir := t.TempDir()
+	w := e.start(dir, "w1")
+	replies := len(e.waitRepliesRaw(len(steps)))
+	errIsNil(t, w.stop())
+
+	for i, d := range []string{dir, t.TempDir()} {
+		adm := kadm.NewClient(e.cl)
+		offsets := kadm.Offsets{}
+		for p := range e.agg.Partitions() {
+			offsets.Add(kadm.Offset{Topic: e.topics.Commands, Partition: p, At: 0, LeaderEpoch: -1})
+		}
+		if err := adm.CommitAllOffsets(context.Background(), e.app.Group(), offsets); err != nil {
+			t.Fatal(err)
+		}
+		w := e.start(d, "w1")
+		marker := fmt.Sprint("marker-", i)
+		e.produce(e.command("acc-0", marker, accounts.Deposit{Amount: 1}))
+		want[marker] = m.apply(step{id: "acc-0", cmdID: marker, cmd: accounts.Deposit{Amount: 1}})
+		replies++
+		got := e.waitRepliesRaw(replies)
+		if len(got) != replies {
+			t.Fatalf("%d replies after the offsets went back, want %d: applied commands were answered again", len(got), replies)
+		}
+		errIsNil(t, w.stop())
+	}
+	for _, rep := range e.waitRepliesRaw(replies) {
+		if rep != want[rep.CommandID] {
+			t.Errorf("reply %+v, want %+v", rep, want[rep.CommandID])
+		}
+	}
+	e.checkEvents()
 }

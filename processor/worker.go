@@ -197,6 +197,10 @@ func (w *Worker) session(ctx context.Context) error {
 		kgo.SessionTimeout(w.cfg.SessionTimeout),
 		kgo.HeartbeatInterval(w.cfg.SessionTimeout/4),
 		kgo.RebalanceTimeout(w.cfg.RebalanceTimeout),
+		// A fetch waits at most this long for new commands; a partition
+		// resumed after its restore joins the next fetch, so this bounds
+		// its first command's extra latency too.
+		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.OnPartitionsAssigned(w.onAssigned),
 		kgo.OnPartitionsRevoked(w.onRevoked),
 		kgo.OnPartitionsLost(w.onRevoked),
@@ -324,20 +328,22 @@ func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[stri
 			continue
 		}
 		for _, p := range ps {
-			w.assign(cl, agg, p)
+			w.assign(cl, agg, p, true)
 		}
 		w.log.Info("partitions assigned", "topic", topic, "partitions", ps)
 	}
 }
 
 // assign starts an assignment of partition p of agg's commands topic and
-// its restore. The partition's fetching is paused until the restore is done,
-// so that no batch holds its commands (and keeps a transaction open) while
-// it restores. Called with w.mu held.
-func (w *Worker) assign(cl *kgo.Client, agg *topology.Aggregate, p int32) {
+// its restore. On a new assignment the partition's fetching is paused until
+// the restore is done, so that no batch holds its commands (and keeps a
+// transaction open) while it restores. Called with w.mu held.
+func (w *Worker) assign(cl *kgo.Client, agg *topology.Aggregate, p int32, pause bool) {
 	a := newAssigned(w, cl, agg, p)
 	w.parts[a.key] = a
-	cl.PauseFetchPartitions(map[string][]int32{a.key.topic: {p}})
+	if pause {
+		cl.PauseFetchPartitions(map[string][]int32{a.key.topic: {p}})
+	}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -354,7 +360,7 @@ func (w *Worker) reassign(a *assigned) {
 		return // revoked meanwhile
 	}
 	a.cancel()
-	w.assign(a.cl, a.agg, a.key.partition)
+	w.assign(a.cl, a.agg, a.key.partition, false) // a short catch-up: batches wait for it
 }
 
 // onRevoked forgets revoked or lost partitions and stops their restores.
