@@ -47,7 +47,10 @@
 // snapshot records the offset of the last command applied to its aggregate,
 // and a command at or below it is skipped, whatever the committed offsets
 // say. Every snapshot also keeps the aggregate's last DedupeWindow replies:
-// a command id seen again gets its first reply again and writes nothing.
+// a command id seen again gets its first reply again and writes no event
+// (only its snapshot, which moves on to its offset). Every decided command
+// writes its aggregate's snapshot, also one that changed nothing, so that
+// both defences cover it.
 //
 // # What the worker does on each kind of error
 //
