@@ -77,11 +77,17 @@ func TestChaosBrokerFaults(t *testing.T) {
 		{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.CoordinatorLoadInProgress, Count: 2},
 	}
 	var injected, moves, kills int
+	var active *kfake.FaultHandle
 	for end := time.Now().Add(duration); time.Now().Before(end); {
 		time.Sleep(time.Duration(300+rng.IntN(400)) * time.Millisecond) // the pace of the faults
 		switch n := rng.IntN(12); {
 		case n < 8:
-			cluster.Fault(faults[rng.IntN(len(faults))])
+			// One fault at a time: faults added faster than the workers'
+			// retries consume them would pile up into a permanent outage.
+			if active != nil {
+				active.Remove()
+			}
+			active = cluster.Fault(faults[rng.IntN(len(faults))])
 			injected++
 		case n < 10:
 			topic := []string{c.topics.Commands, c.topics.Events, c.topics.Snapshots, c.topics.Replies}[rng.IntN(4)]
@@ -100,6 +106,9 @@ func TestChaosBrokerFaults(t *testing.T) {
 			}
 			kills++
 		}
+	}
+	if active != nil {
+		active.Remove()
 	}
 	sent := stopSending()
 	t.Logf("broker faults: %d commands sent in %v; %d faults injected, %d leader/coordinator moves, %d kills", sent, duration, injected, moves, kills)
