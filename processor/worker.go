@@ -107,7 +107,7 @@ type partitionKey struct {
 // TransactionTimeout), another process took its transactional id, or the
 // broker answered with an error the producer cannot recover from. Run
 // handles it by rejoining with a new producer.
-var ErrFenced = errors.New("worker fenced: another instance uses its transactional id")
+var ErrFenced = errors.New("producer fenced or unusable")
 
 // New checks cfg and returns a worker. It connects to nothing: Run does.
 func New(cfg Config) (*Worker, error) {
