@@ -86,7 +86,7 @@ func TestVerifyCleanRun(t *testing.T) {
 	want := report{
 		App: "bank", Partitions: 4,
 		Commands: 10, Misrouted: 1, NoReply: 1, // 7 sent, the misrouted one and its forwarded copy, the one without reply address
-		Replies: 8, Events: 6, Aggregates: 3, Snapshots: 8, // every decided command writes one, the rejected included
+		Replies: 8, Events: 6, Aggregates: 3, Snapshots: 9, // every command read writes one: the rejected and the duplicate included
 	}
 	if rep.total() != 0 || !sameCounts(rep, want) {
 		var out bytes.Buffer
