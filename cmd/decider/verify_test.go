@@ -393,15 +393,7 @@ func TestVerifyFindsEachViolation(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := ensureTopics(ctx, kafka, app); err != nil {
-				t.Fatal(err)
-			}
-			cl, err := kgo.NewClient(append(kafka, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Close()
-			s := newVerifySim(t, app)
+			cl, s := simulate(ctx, t, kafka, app)
 			w := s.world()
 			tc.forge(s, w)
 			s.write(ctx, cl)
@@ -445,15 +437,7 @@ func TestVerifyPendingIsNotLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureTopics(ctx, kafka, app); err != nil {
-		t.Fatal(err)
-	}
-	cl, err := kgo.NewClient(append(kafka, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	s := newVerifySim(t, app)
+	cl, s := simulate(ctx, t, kafka, app)
 	s.world()
 	forward := verifyCommand(t, s.agg, s.topics, "a2", "a2-forwarded", accounts.Deposit{Amount: 1}, s.topics.Replies)
 	misrouted := *forward
@@ -522,4 +506,19 @@ func TestVerifyParsesLikeTheRegistry(t *testing.T) {
 			t.Errorf("parseVersion(%q) = %d, want not a version", s, v)
 		}
 	}
+}
+
+// simulate creates app's topics and returns a producer to forge records
+// with (closed when the test ends) and a simulation of app.
+func simulate(ctx context.Context, t *testing.T, kafka []kgo.Opt, app *topology.App) (*kgo.Client, *verifySim) {
+	t.Helper()
+	if err := ensureTopics(ctx, kafka, app); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(append(kafka, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl, newVerifySim(t, app)
 }
