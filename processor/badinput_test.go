@@ -135,19 +135,31 @@ func TestTooLargeOutputIsRefused(t *testing.T) {
 	w := e.start(t.TempDir(), "w1", func(c *Config) { c.MaxRecordBytes = 100_000 })
 	defer w.stop()
 	big := strings.Repeat("x", 200_000)
+	longKey := e.command(strings.Repeat("k", 2000), "long-key", accounts.OpenAccount{Owner: "k"})
+	longID := e.command("big", strings.Repeat("i", 300), accounts.OpenAccount{Owner: "i"})
 	e.produce(
 		e.command("big", "big-open", accounts.OpenAccount{Owner: big}),
+		longKey, longID,
 		e.command("big", "small-open", accounts.OpenAccount{Owner: "ada"}),
 	)
-	replies := e.waitReplies(2)
+	replies := e.waitReplies(3) // the command whose id is too long to key a reply gets none
+	if r := replies["long-key"]; r.Status != schemas.Invalid || r.Reason != "too_large" {
+		t.Fatalf("long key: %+v, want INVALID too_large", r)
+	}
 	if r := replies["big-open"]; r.Status != schemas.Failed || r.Reason != "too_large" {
 		t.Fatalf("big open: %+v, want FAILED too_large", r)
 	}
 	if r := replies["small-open"]; r.Status != schemas.Accepted || r.Version != 1 {
 		t.Fatalf("the partition did not go on: %+v", r)
 	}
-	dlq := e.readAll(e.topics.DLQ)
-	if len(dlq) != 1 || header(dlq[0], schemas.HeaderDLQReason) != "too_large" {
-		t.Fatalf("dead letters: %d, want the big open with reason too_large", len(dlq))
+	reasons := map[string]int{}
+	for _, r := range e.readAll(e.topics.DLQ) {
+		reasons[header(r, schemas.HeaderDLQReason)]++
+		if header(r, schemas.HeaderDLQReason) == "too_large" && r.Value != nil {
+			t.Errorf("a too_large dead letter carries its %d-byte payload", len(r.Value))
+		}
+	}
+	if reasons["too_large"] != 2 || reasons["bad_header"] != 1 {
+		t.Fatalf("dead letters by reason %v, want too_large 2 (output, key) and bad_header 1 (id)", reasons)
 	}
 }

@@ -180,8 +180,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	agg := pb.a.agg
 	c, err := parseCommand(r, w.cfg.MaxPayloadBytes)
 	if err != nil {
-		pb.refuse(ctx, c, schemas.Invalid, err)
-		return nil
+		return pb.refuse(ctx, c, schemas.Invalid, err)
 	}
 	if want := topology.Partition(r.Key, agg.Partitions()); want != r.Partition {
 		pb.forward(r, want)
@@ -198,7 +197,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	}
 	if prev, ok := st.seen(c.id); ok {
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
-		pb.reply(ctx, c, prev)
+		if err := pb.reply(ctx, c, prev); err != nil {
+			return err
+		}
 		// The snapshot moves on to this offset too, so that a replay of
 		// the duplicate (after the group's offsets went back) is skipped
 		// like any applied command instead of answered again.
@@ -208,8 +209,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	}
 	cmd, err := agg.DecodeCommand(c.typ, r.Value)
 	if err != nil {
-		pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
-		return nil
+		return pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
 	}
 	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Version: st.version}
 	next := &aggState{state: st.state, version: st.version, commandOffset: r.Offset}
@@ -245,8 +245,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	if err := pb.snapshot(id, next, d.stateBytes); err != nil {
 		return err
 	}
-	pb.reply(ctx, c, reply)
-	return nil
+	return pb.reply(ctx, c, reply)
 }
 
 // window appends r to the dedupe window, keeping the newest n.
@@ -369,18 +368,23 @@ func (pb *partBatch) headers(c *command, ceID, ceType, subject, version string) 
 	}
 }
 
-// reply sends rep to the command's ce_replyto, if it names a topic that
-// exists. A reply that cannot be addressed is logged and dropped: it must
-// not wedge the partition.
-func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) {
+// reply sends rep to the command's ce_replyto. A reply topic that does not
+// exist is logged and the reply dropped: producing to it would fail every
+// transaction. Any other failure to address it aborts the transaction,
+// which is redone: a committed command never loses its reply to a passing
+// metadata error.
+func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) error {
 	if c.replyTo == "" {
-		return
+		return nil
 	}
 	w := pb.b.w
 	n, err := w.topics.partitions(ctx, c.replyTo)
+	if errors.Is(err, errNoTopic) {
+		w.log.Warn("reply dropped: the reply topic does not exist", "command", c.id, "topic", c.replyTo)
+		return nil
+	}
 	if err != nil {
-		w.log.Warn("reply dropped: reply topic unavailable", "command", c.id, "topic", c.replyTo, "err", err)
-		return
+		return fmt.Errorf("reply to %s: %w", c.id, err)
 	}
 	p := c.replyPartition
 	if p < 0 || p >= n {
@@ -388,18 +392,18 @@ func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) {
 	}
 	name, v, err := pb.a.agg.Schemas().Encode(rep)
 	if err != nil {
-		w.log.Error("reply dropped: encode", "command", c.id, "err", err)
-		return
+		return fmt.Errorf("encode reply to %s: %w", c.id, err)
 	}
 	pb.b.produce(&kgo.Record{
 		Topic: c.replyTo, Partition: p, Key: []byte(c.id), Value: v,
 		Headers: pb.headers(c, c.id+"/reply", name, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
 	}, nil)
+	return nil
 }
 
 // refuse answers a command that cannot be decided with status and a reason,
 // and puts a copy in the dead-letter topic.
-func (pb *partBatch) refuse(ctx context.Context, c *command, status schemas.Status, err error) {
+func (pb *partBatch) refuse(ctx context.Context, c *command, status schemas.Status, err error) error {
 	reason, detail := "invalid", err.Error()
 	var ie *invalidError
 	if errors.As(err, &ie) {
@@ -408,15 +412,20 @@ func (pb *partBatch) refuse(ctx context.Context, c *command, status schemas.Stat
 	pb.b.w.log.Debug("command refused", "status", status, "reason", reason, "detail", detail,
 		"topic", c.rec.Topic, "partition", c.rec.Partition, "offset", c.rec.Offset)
 	pb.deadLetter(c.rec, reason, detail)
-	if c.id != "" {
-		pb.reply(ctx, c, schemas.Reply{CommandID: c.id, AggregateID: string(c.rec.Key), Status: status, Reason: reason})
+	if c.id == "" || len(c.id) > maxIDBytes {
+		return nil // a reply is keyed by the command id: none, or none that fits
 	}
+	return pb.reply(ctx, c, schemas.Reply{CommandID: c.id, AggregateID: string(c.rec.Key), Status: status, Reason: reason})
 }
 
 // deadLetter copies r to the dead-letter topic with headers saying why and
 // where it was read.
 func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
-	h := append(r.Headers[:len(r.Headers):len(r.Headers)],
+	value, h := r.Value, r.Headers[:len(r.Headers):len(r.Headers)]
+	if reason == "too_large" { // the copy must fit where the original did not
+		value, h = nil, nil
+	}
+	h = append(h,
 		kgo.RecordHeader{Key: schemas.HeaderDLQReason, Value: []byte(reason)},
 		kgo.RecordHeader{Key: schemas.HeaderDLQDetail, Value: []byte(detail)},
 		kgo.RecordHeader{Key: schemas.HeaderDLQTopic, Value: []byte(r.Topic)},
@@ -424,7 +433,7 @@ func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
 		kgo.RecordHeader{Key: schemas.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
 	)
 	pb.b.produce(&kgo.Record{
-		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: r.Value, Headers: h,
+		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: value, Headers: h,
 	}, nil)
 }
 

@@ -26,6 +26,15 @@ type command struct {
 	deadline        time.Time // ce_deadline; zero when absent
 }
 
+// Bounds on what a command carries into every record the worker writes for
+// it (keys, headers, the dedupe window of its snapshot), so that none of
+// those records can outgrow what the broker accepts.
+const (
+	maxIDBytes     = 256      // ce_id, ce_correlationid
+	maxKeyBytes    = 1024     // the aggregate id
+	maxHeaderBytes = 16 << 10 // all headers together
+)
+
 // invalidError is why a command cannot be decided: a reason code for the
 // INVALID reply and a detail for the dead-letter copy.
 type invalidError struct {
@@ -80,6 +89,21 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 			}
 			c.deadline = t
 		}
+	}
+	headerBytes := 0
+	for _, h := range r.Headers {
+		headerBytes += len(h.Key) + len(h.Value)
+	}
+	switch {
+	case len(c.id) > maxIDBytes:
+		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderID, maxIDBytes)
+	case len(c.correlationID) > maxIDBytes:
+		c.correlationID = ""
+		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderCorrelationID, maxIDBytes)
+	case len(r.Key) > maxKeyBytes:
+		badHeader = invalid("too_large", "a key of %d bytes exceeds the limit of %d", len(r.Key), maxKeyBytes)
+	case headerBytes > maxHeaderBytes:
+		badHeader = invalid("too_large", "headers of %d bytes exceed the limit of %d", headerBytes, maxHeaderBytes)
 	}
 	if c.correlationID == "" {
 		c.correlationID = c.id

@@ -35,8 +35,9 @@
 // On assignment, a partition is restored before any of its commands is
 // decided: the store reads the partition's changelog from its checkpoint to
 // the high watermark, read_committed (see statestore.Store.Restore). The
-// restore runs beside the poll loop and can be cancelled by a revoke; a
-// poll that holds commands of a partition still restoring waits for it.
+// restore runs beside the poll loop, with the partition's fetching paused
+// until it is done, and is cancelled by a revoke or the end of the session;
+// a poll that holds commands of a partition still restoring waits for it.
 // On revoke or loss the open transaction aborts (the session does that), the
 // overlay is dropped, and the local state is kept: it is a valid prefix of the
 // changelog for when the partition returns. A batch that committed after its
@@ -54,10 +55,13 @@
 //
 // # What the worker does on each kind of error
 //
-//   - Bad input (no key, missing or unknown headers, bad framing, unknown
-//     schema, undecodable payload, oversized payload): an INVALID reply when
-//     ce_replyto is readable, a copy in A.T.dlq with headers saying why and
-//     where it came from, and the partition goes on.
+//   - Bad input (no key, missing, unknown or oversized headers or key, bad
+//     framing, unknown schema, undecodable payload, oversized payload): an
+//     INVALID reply when ce_replyto and a ce_id of at most 256 bytes are
+//     readable, a copy in A.T.dlq with headers saying why and where it came
+//     from (without the payload when it was too large), and the partition
+//     goes on. Keys, ids and headers are bounded so that no record the
+//     worker writes for a command can outgrow what the broker accepts.
 //   - A handler that panics or returns an error that is not a
 //     topology.Rejection, or an event or state that does not encode: a
 //     FAILED reply and a dead-letter copy; the aggregate is unchanged.
@@ -66,11 +70,13 @@
 //     hashes to, decided there.
 //   - A reply topic that does not exist: the command is decided, the reply is
 //     dropped with a warning (producing to it would fail every transaction).
+//     Any other failure to look the reply topic up aborts the transaction,
+//     which is redone: a committed command never loses its reply to it.
 //   - A produce error, a TxnOffsetCommit or EndTxn error, a rebalance during
-//     the batch: abort and redo from the committed offsets. After an error
-//     the outcome may be unknown (an EndTxn whose answer was lost), so the
-//     batch's partitions are restored again from the changelog, which holds
-//     the truth, before they go on.
+//     the batch: abort and redo from the committed offsets. A commit that was
+//     tried and not reported done may still have happened (an EndTxn whose
+//     answer was lost), so the batch's partitions are restored again from
+//     the changelog, which holds the truth, before they go on.
 //   - A fenced producer (the coordinator aborted a transaction that outlived
 //     TransactionTimeout while the process was paused, or another process
 //     has this instance's transactional id): the worker leaves the group,

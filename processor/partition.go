@@ -10,6 +10,7 @@ import (
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -50,7 +51,7 @@ func (a *assigned) restore() {
 		if err == nil {
 			log.Info("partition restored", "records", st.Records, "from", st.From, "to", st.To, "full", st.Full, "took", st.Took)
 			close(a.ready)
-			a.cl.ResumeFetchPartitions(map[string][]int32{a.key.topic: {a.key.partition}})
+			a.resume()
 			return
 		}
 		if a.ctx.Err() != nil {
@@ -62,6 +63,17 @@ func (a *assigned) restore() {
 			return
 		case <-time.After(backoff):
 		}
+	}
+}
+
+// resume lets the partition's commands be fetched again, unless the
+// assignment was replaced meanwhile (the new one paused it for its own
+// restore).
+func (a *assigned) resume() {
+	a.w.mu.Lock()
+	defer a.w.mu.Unlock()
+	if a.ctx.Err() == nil && a.w.parts[a.key] == a {
+		a.cl.ResumeFetchPartitions(map[string][]int32{a.key.topic: {a.key.partition}})
 	}
 }
 
@@ -107,14 +119,21 @@ func (c *topicCache) partitions(ctx context.Context, topic string) (int32, error
 		}
 	}
 	ti := topicInfo{at: time.Now()}
+	// A batch being finished after a SIGTERM still needs its replies.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	details, err := c.adm.ListTopics(ctx, topic)
-	switch d, ok := details[topic]; {
-	case err != nil:
-		return 0, fmt.Errorf("metadata of %s: %w", topic, err) // not cached: the broker may be back soon
-	case !ok || d.Err != nil || len(d.Partitions) == 0:
+	d, ok := details[topic]
+	switch {
+	case err == nil && ok && errors.Is(d.Err, kerr.UnknownTopicOrPartition):
 		ti.err = fmt.Errorf("%w: %s", errNoTopic, topic)
-	default:
+	case err == nil && ok && d.Err == nil && len(d.Partitions) > 0:
 		ti.partitions = int32(len(d.Partitions))
+	default: // not cached: the broker may answer soon
+		if err == nil {
+			err = d.Err
+		}
+		return 0, fmt.Errorf("metadata of %s: %w", topic, err)
 	}
 	c.m[topic] = ti
 	return ti.partitions, ti.err

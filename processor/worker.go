@@ -35,7 +35,9 @@ type Config struct {
 	// MaxPollRecords bounds the commands of one transaction. Default 10000.
 	MaxPollRecords int
 	// MaxPayloadBytes is the largest command payload decided; larger ones
-	// are INVALID (too_large). Default 1 MiB.
+	// are INVALID (too_large), and their dead-letter copy holds no payload.
+	// Default 900000, so that a forwarded or dead-lettered copy fits in a
+	// record of the default 1 MB limit.
 	MaxPayloadBytes int
 	// MaxRecordBytes is the largest event or snapshot a command may write;
 	// one that would be larger makes the command FAILED (too_large) instead
@@ -126,7 +128,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg.MaxPollRecords = 10000
 	}
 	if cfg.MaxPayloadBytes <= 0 {
-		cfg.MaxPayloadBytes = 1 << 20
+		cfg.MaxPayloadBytes = 900000
 	}
 	if cfg.MaxRecordBytes <= snapshotOverhead {
 		cfg.MaxRecordBytes = 1000000
@@ -212,7 +214,10 @@ func (w *Worker) session(ctx context.Context) error {
 	w.adm = kadm.NewClient(sess.Client())
 	w.topics = newTopicCache(w.adm)
 	defer func() {
-		sess.Close() // leaves the group; revokes everything, which stops restores
+		w.mu.Lock()
+		w.stopRestores() // the session's revoke callback may be skipped
+		w.mu.Unlock()
+		sess.Close() // leaves the group
 		w.wg.Wait()
 	}()
 	if err := topology.VerifyTopics(ctx, w.adm, w.cfg.App); err != nil {
@@ -276,6 +281,9 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	try := kgo.TryCommit
 	if err := w.sess.Client().Flush(endCtx); err != nil {
 		b.abort(fmt.Errorf("flush: %w", err))
+		// Records that could not be written in time (a partition without
+		// a leader) are failed, so that their promises run.
+		_ = w.sess.Client().AbortBufferedRecords(endCtx)
 	}
 	b.produced.Wait()
 	w.at(AfterProduce)
@@ -301,11 +309,12 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	}
 	if !committed {
 		// The overlays are dropped with b; the session rewound to the
-		// committed offsets. After an error the outcome may be unknown (an
-		// EndTxn that timed out may still have committed), so the local
-		// state of the batch's partitions is caught up from the changelog,
-		// which holds the truth either way, before they go on.
-		if err != nil {
+		// committed offsets. A commit that was tried and did not report
+		// success may still have happened (an EndTxn whose answer was lost;
+		// franz-go then retries as an abort and reports no error), so the
+		// local state of the batch's partitions is caught up from the
+		// changelog, which holds the truth either way, before they go on.
+		if err != nil || try == kgo.TryCommit {
 			b.restoreAgain()
 		}
 		return nil
@@ -340,6 +349,9 @@ func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[stri
 // transaction open) while it restores. Called with w.mu held.
 func (w *Worker) assign(cl *kgo.Client, agg *topology.Aggregate, p int32, pause bool) {
 	a := newAssigned(w, cl, agg, p)
+	if old := w.parts[a.key]; old != nil {
+		old.cancel() // its revoke was not seen (franz-go skips some)
+	}
 	w.parts[a.key] = a
 	if pause {
 		cl.PauseFetchPartitions(map[string][]int32{a.key.topic: {p}})
@@ -361,6 +373,15 @@ func (w *Worker) reassign(a *assigned) {
 	}
 	a.cancel()
 	w.assign(a.cl, a.agg, a.key.partition, false) // a short catch-up: batches wait for it
+}
+
+// stopRestores cancels every assignment and forgets it. Called with w.mu
+// held.
+func (w *Worker) stopRestores() {
+	for k, a := range w.parts {
+		a.cancel()
+		delete(w.parts, k)
+	}
 }
 
 // onRevoked forgets revoked or lost partitions and stops their restores.
