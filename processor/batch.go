@@ -109,6 +109,7 @@ func (b *batch) produce(r *kgo.Record, onOffset func(int64)) {
 	b.w.sess.Produce(context.Background(), r, func(r *kgo.Record, err error) {
 		defer b.produced.Done()
 		if err != nil {
+			b.w.topics.forget(r.Topic) // a reply topic deleted since it was looked up
 			b.abort(fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
 			return
 		}

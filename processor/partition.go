@@ -106,6 +106,14 @@ func newTopicCache(adm *kadm.Client) *topicCache {
 	return &topicCache{adm: adm, m: map[string]topicInfo{}}
 }
 
+// forget drops what is known of topic, so that the next reply to it looks
+// it up again.
+func (c *topicCache) forget(topic string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, topic)
+}
+
 func (c *topicCache) partitions(ctx context.Context, topic string) (int32, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
