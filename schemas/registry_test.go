@@ -414,18 +414,8 @@ type thing2 struct {
 }
 
 func TestSchemaEvolution(t *testing.T) {
-	r := NewRegistry()
 	const name = "test.evolution.Thing"
-	if err := r.Add(thingV1); err != nil {
-		t.Fatal(err)
-	}
-	if err := Bind[thing1](r, name); err != nil {
-		t.Fatal(err)
-	}
-	_, v1, err := r.Encode(thing1{ID: "t-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, v1 := registryWithV1(t)
 	fp1, _ := r.Fingerprint(name)
 	if !bytes.Equal(v1[2:10], fp1) {
 		t.Fatalf("v1 bytes carry % x, v1 fingerprint is % x", v1[2:10], fp1)
@@ -476,17 +466,7 @@ func TestSchemaEvolution(t *testing.T) {
 // stays as it was: v1 is still current and its bytes still read.
 func TestAddRefusesIncompatibleVersion(t *testing.T) {
 	const name = "test.evolution.Thing"
-	r := NewRegistry()
-	if err := r.Add(thingV1); err != nil {
-		t.Fatal(err)
-	}
-	if err := Bind[thing1](r, name); err != nil {
-		t.Fatal(err)
-	}
-	_, v1, err := r.Encode(thing1{ID: "t-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, v1 := registryWithV1(t)
 	for try := range 2 { // refused every time, not only the first
 		if err := r.Add(thingV2NoDefault); err == nil {
 			t.Fatalf("try %d: Add(v2 with a new field without default) succeeded; v1 bytes could not be read", try)
@@ -650,4 +630,22 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// registryWithV1 returns a registry with v1 of test.evolution.Thing bound to
+// thing1, and bytes written with it.
+func registryWithV1(t *testing.T) (*Registry, []byte) {
+	t.Helper()
+	r := NewRegistry()
+	if err := r.Add(thingV1); err != nil {
+		t.Fatal(err)
+	}
+	if err := Bind[thing1](r, "test.evolution.Thing"); err != nil {
+		t.Fatal(err)
+	}
+	_, v1, err := r.Encode(thing1{ID: "t-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, v1
 }

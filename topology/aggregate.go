@@ -153,9 +153,6 @@ func (a *Aggregate) Schemas() *schemas.Registry { return a.reg }
 // Commands returns the Avro full names of its commands, sorted.
 func (a *Aggregate) Commands() []string { return slices.Sorted(maps.Keys(a.commands)) }
 
-// IsCommand reports whether an Avro full name is one of its commands.
-func (a *Aggregate) IsCommand(name string) bool { return a.commands[name] }
-
 // Initial returns the state of an aggregate with no events.
 func (a *Aggregate) Initial() any { return a.initial }
 
