@@ -152,9 +152,16 @@ func primitiveFromJSON(t avro.Type, v any, bad func() error) (any, error) {
 		if s, ok := v.(string); ok {
 			return s, nil
 		}
-	case avro.Bytes:
+	case avro.Bytes: // a string of code points 0-255, one a byte
 		if s, ok := v.(string); ok {
-			return []byte(s), nil
+			b := make([]byte, 0, len(s))
+			for _, c := range s {
+				if c > 0xff {
+					return nil, bad()
+				}
+				b = append(b, byte(c))
+			}
+			return b, nil
 		}
 	case avro.Int, avro.Long:
 		if n, ok := v.(json.Number); ok {
@@ -183,4 +190,27 @@ func primitiveFromJSON(t avro.Type, v any, bad func() error) (any, error) {
 		}
 	}
 	return nil, bad()
+}
+
+// bytesToJSON returns v, a value decoded without a Go type, with every
+// []byte in it replaced by the Avro JSON form of bytes: a string whose code
+// points 0-255 are the bytes.
+func bytesToJSON(v any) any {
+	switch v := v.(type) {
+	case []byte:
+		r := make([]rune, len(v))
+		for i, b := range v {
+			r[i] = rune(b)
+		}
+		return string(r)
+	case map[string]any:
+		for k, e := range v {
+			v[k] = bytesToJSON(e)
+		}
+	case []any:
+		for i, e := range v {
+			v[i] = bytesToJSON(e)
+		}
+	}
+	return v
 }

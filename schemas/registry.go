@@ -2,6 +2,7 @@ package schemas
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -208,15 +209,8 @@ func Bind[T any](r *Registry, name string) error {
 	b.goType = t
 	b.decode = func(s avro.Schema, body []byte) (any, error) {
 		var v T
-		rd := avro.NewReader(nil, 0, avro.WithReaderConfig(r.api)).Reset(body)
-		rd.ReadVal(s, &v)
-		if rd.Error != nil { // io.EOF included: the body is truncated
-			return nil, rd.Error
-		}
-		if rd.Peek(); rd.Error == nil {
-			return nil, errors.New("trailing bytes after the record")
-		}
-		return v, nil
+		err := r.readBody(s, body, &v)
+		return v, err
 	}
 	r.byType[t] = b
 	return nil
@@ -280,26 +274,74 @@ func (r *Registry) Decode(name string, data []byte) (any, error) {
 	if b == nil || b.decode == nil {
 		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
 	}
-	fp, body, err := splitHeader(data)
+	schema, body, err := r.writerSchema(b, data)
 	if err != nil {
-		return nil, fmt.Errorf("decode %s: %w", name, err)
-	}
-	schema := avro.Schema(b.schema)
-	if fp != b.fp {
-		res, ok := b.resolved[fp]
-		if !ok {
-			if w, known := r.byFP[fp]; known {
-				return nil, fmt.Errorf("decode %s: %w: payload was written as %s", name, ErrUnknownSchema, w.FullName())
-			}
-			return nil, fmt.Errorf("decode %s: %w %016x", name, ErrUnknownSchema, fp)
-		}
-		schema = res
+		return nil, err
 	}
 	v, err := b.decode(schema, body)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
 	}
 	return v, nil
+}
+
+// DecodeJSON reads single-object encoded data as the record named name and
+// returns it as Avro JSON, the form EncodeJSON reads: an object with one
+// member per field of the current schema, a nullable union's value bare, any
+// other union's as {"full.Name": value}, bytes as a string of code points
+// 0-255. It needs no Go
+// type. Errors are Decode's.
+func (r *Registry) DecodeJSON(name string, data []byte) ([]byte, error) {
+	b := r.byName[name]
+	if b == nil {
+		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
+	}
+	schema, body, err := r.writerSchema(b, data)
+	if err != nil {
+		return nil, err
+	}
+	var v any
+	if err := r.readBody(schema, body, &v); err != nil {
+		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
+	}
+	out, err := json.Marshal(bytesToJSON(v))
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", name, err)
+	}
+	return out, nil
+}
+
+// writerSchema returns the schema to read data's body with, as the record
+// of b: b's own schema or its resolution from the writer schema data names.
+func (r *Registry) writerSchema(b *binding, data []byte) (avro.Schema, []byte, error) {
+	fp, body, err := splitHeader(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("decode %s: %w", b.name, err)
+	}
+	if fp == b.fp {
+		return b.schema, body, nil
+	}
+	res, ok := b.resolved[fp]
+	if !ok {
+		if w, known := r.byFP[fp]; known {
+			return nil, nil, fmt.Errorf("decode %s: %w: payload was written as %s", b.name, ErrUnknownSchema, w.FullName())
+		}
+		return nil, nil, fmt.Errorf("decode %s: %w %016x", b.name, ErrUnknownSchema, fp)
+	}
+	return res, body, nil
+}
+
+// readBody reads body, all of it, as one value of schema s into v.
+func (r *Registry) readBody(s avro.Schema, body []byte, v any) error {
+	rd := avro.NewReader(nil, 0, avro.WithReaderConfig(r.api)).Reset(body)
+	rd.ReadVal(s, v)
+	if rd.Error != nil { // io.EOF included: the body is truncated
+		return rd.Error
+	}
+	if rd.Peek(); rd.Error == nil {
+		return errors.New("trailing bytes after the record")
+	}
+	return nil
 }
 
 // splitHeader returns the writer fingerprint and the body of a

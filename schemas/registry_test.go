@@ -227,8 +227,10 @@ func sampleJSON(t *testing.T, s avro.Schema) any {
 			return 42
 		case avro.Float, avro.Double:
 			return 1.5
-		case avro.String, avro.Bytes:
+		case avro.String:
 			return "sample"
+		case avro.Bytes:
+			return "b\u00e9\u00ff" // bytes 62 e9 ff
 		}
 	}
 	t.Fatalf("sampleJSON: schema type %s not supported by this test", s.Type())
@@ -273,6 +275,14 @@ func TestEveryAvscIsFramedWithItsFingerprint(t *testing.T) {
 			var generic any
 			if err := avro.Unmarshal(p.schema, data[10:], &generic); err != nil {
 				t.Errorf("body of %s does not decode as its schema: %v", name, err)
+			}
+			// DecodeJSON writes what EncodeJSON reads.
+			back, err := r.DecodeJSON(name, data)
+			if err != nil {
+				t.Fatalf("DecodeJSON(EncodeJSON(%s)): %v", name, err)
+			}
+			if again, err := r.EncodeJSON(name, back); err != nil || !bytes.Equal(again, data) {
+				t.Errorf("EncodeJSON(DecodeJSON(%s) = %s) = % x, %v; want % x", name, back, again, err, data)
 			}
 			if _, bound := r.Bound(name); bound {
 				v, err := r.Decode(name, data)
