@@ -31,11 +31,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// Config configures a Client. App, Kafka and Schemas are required.
+// Config configures a Client. App and Kafka are required.
 type Config struct {
 	App     string            // the app's name, e.g. "bank"
 	Kafka   []kgo.Opt         // seed brokers, TLS, SASL
-	Schemas *schemas.Registry // encodes commands: every command's Go type must be bound
+	// Schemas encodes commands: every command's Go type must be bound. A
+	// client without one sends Raw commands only.
+	Schemas *schemas.Registry
 	// Source is the ce_source of the commands, naming the caller. Default
 	// "decider-client".
 	Source string
@@ -80,8 +82,11 @@ func (e *TimeoutError) Unwrap() error { return e.Err }
 
 // New connects a client.
 func New(cfg Config) (*Client, error) {
-	if cfg.App == "" || cfg.Schemas == nil {
-		return nil, errors.New("client: Config.App and Config.Schemas are required")
+	if cfg.App == "" {
+		return nil, errors.New("client: Config.App is required")
+	}
+	if cfg.Schemas == nil {
+		cfg.Schemas = schemas.NewRegistry()
 	}
 	if cfg.Source == "" {
 		cfg.Source = "decider-client"

@@ -51,6 +51,7 @@ func (a *assigned) restore() {
 		if err == nil {
 			log.Info("partition restored", "records", st.Records, "from", st.From, "to", st.To, "full", st.Full, "took", st.Took)
 			close(a.ready)
+			a.w.wrote()
 			a.resume()
 			return
 		}

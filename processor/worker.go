@@ -61,6 +61,10 @@ type Config struct {
 	// rejoin; a member killed during a rebalance holds the group up for
 	// this long. It must exceed the time a batch takes. Default 60s.
 	RebalanceTimeout time.Duration
+	// Advertise is the address (host:port) of this worker's HTTP API. It is
+	// shared with the group, so that every worker knows where each
+	// partition's owner answers reads (Owner). Empty: not shared.
+	Advertise string
 	// AtPoint, if set, is called at the named points of the protocol. It
 	// is a test seam: the crash tests exit the process there.
 	AtPoint func(Point)
@@ -93,10 +97,12 @@ type Worker struct {
 	adm    *kadm.Client
 	topics *topicCache
 
-	mu    sync.Mutex                 // guards parts
-	parts map[partitionKey]*assigned // partitions currently assigned
-	locks sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
-	wg    sync.WaitGroup             // restore goroutines
+	mu      sync.Mutex                 // guards parts, owners and applied
+	parts   map[partitionKey]*assigned // partitions currently assigned
+	owners  map[partitionKey]string    // advertised address of every partition's owner, as of the latest rebalance
+	applied chan struct{}              // closed (and replaced) when Pebble was written
+	locks   sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
+	wg      sync.WaitGroup             // restore goroutines
 }
 
 type partitionKey struct {
@@ -146,9 +152,10 @@ func New(cfg Config) (*Worker, error) {
 		cfg.RebalanceTimeout = time.Minute
 	}
 	return &Worker{
-		cfg:   cfg,
-		log:   cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
-		parts: map[partitionKey]*assigned{},
+		cfg:     cfg,
+		log:     cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
+		parts:   map[partitionKey]*assigned{},
+		applied: make(chan struct{}),
 	}, nil
 }
 
@@ -206,6 +213,7 @@ func (w *Worker) session(ctx context.Context) error {
 		kgo.OnPartitionsAssigned(w.onAssigned),
 		kgo.OnPartitionsRevoked(w.onRevoked),
 		kgo.OnPartitionsLost(w.onRevoked),
+		kgo.Balancers(ownersBalancer{kgo.CooperativeStickyBalancer(), w}),
 	)...)
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.TransactionalID(), err)
@@ -323,6 +331,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	if err := b.apply(); err != nil {
 		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
 	}
+	w.wrote()
 	return nil
 }
 

@@ -153,6 +153,20 @@ func (a *Aggregate) Schemas() *schemas.Registry { return a.reg }
 // Commands returns the Avro full names of its commands, sorted.
 func (a *Aggregate) Commands() []string { return slices.Sorted(maps.Keys(a.commands)) }
 
+// CommandName resolves a command type given by its Avro full name or its
+// short name (the last dot-separated part) to the full name.
+func (a *Aggregate) CommandName(typ string) (string, bool) {
+	for _, n := range a.Commands() {
+		if n == typ || schemas.ShortName(n) == typ {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// StateName returns the Avro full name of the state record.
+func (a *Aggregate) StateName() string { return a.state }
+
 // Initial returns the state of an aggregate with no events.
 func (a *Aggregate) Initial() any { return a.initial }
 

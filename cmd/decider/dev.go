@@ -35,8 +35,14 @@ Try, in another terminal:
   go run ./cmd/decider send --brokers %[1]s --id acc-1 --type OpenAccount --data '{"owner":"ada"}'
   go run ./cmd/decider send --brokers %[1]s --id acc-1 --type Deposit --data '{"amount":100}'
   go run ./cmd/decider send --brokers %[1]s --id acc-1 --type Withdraw --data '{"amount":500}'
-
-Stop with Ctrl-C; start again with the same --data-dir and the balances are kept.
 `, *listen, *wf.dataDir)
+		if *wf.http != "" {
+			fmt.Fprintf(stdout, `
+or over HTTP:
+  curl -s -X POST http://%[1]s/v1/account/acc-2/commands -d '{"type":"OpenAccount","data":{"owner":"bob"}}'
+  curl -s http://%[1]s/v1/account/acc-1
+`, *wf.http)
+		}
+		fmt.Fprintf(stdout, "\nStop with Ctrl-C; start again with the same --data-dir and the balances are kept.\n")
 	})
 }

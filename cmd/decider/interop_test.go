@@ -83,7 +83,7 @@ func TestPythonCaller(t *testing.T) {
 	}
 
 	listen, dir := freeAddr(t), t.TempDir()
-	stop := dev(t, listen, dir)
+	stop := dev(t, listen, dir, "")
 	defer stop()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -22,16 +23,17 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// dev runs `decider dev` until the returned stop is called, and waits until
-// it printed its greeting (topics exist, worker starting).
-func dev(t *testing.T, listen, dataDir string) (stop func()) {
+// dev runs `decider dev` (with its HTTP API on httpAddr, none if empty)
+// until the returned stop is called, and waits until it printed its
+// greeting (topics exist, worker starting).
+func dev(t *testing.T, listen, dataDir, httpAddr string) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	started := make(chan struct{})
 	done := make(chan error, 1)
 	out := &notifyWriter{ch: started}
 	go func() {
-		done <- dispatch(ctx, []string{"dev", "--listen", listen, "--data-dir", dataDir, "--http", "", "--partitions", "4", "--log-level", "warn"}, out)
+		done <- dispatch(ctx, []string{"dev", "--listen", listen, "--data-dir", dataDir, "--http", httpAddr, "--partitions", "4", "--log-level", "warn"}, out)
 	}()
 	select {
 	case <-started:
@@ -79,7 +81,7 @@ func send(t *testing.T, listen string, args ...string) schemas.Reply {
 // kept.
 func TestDevSendRestart(t *testing.T) {
 	listen, dir := freeAddr(t), t.TempDir()
-	stop := dev(t, listen, dir)
+	stop := dev(t, listen, dir, "")
 	if r := send(t, listen, "--id", "acc-1", "--type", "OpenAccount", "--data", `{"owner":"ada"}`); r.Status != schemas.Accepted || r.Version != 1 {
 		t.Fatalf("open: %+v", r)
 	}
@@ -91,7 +93,8 @@ func TestDevSendRestart(t *testing.T) {
 	}
 	stop()
 
-	stop = dev(t, listen, dir)
+	httpAddr := freeAddr(t)
+	stop = dev(t, listen, dir, httpAddr)
 	defer stop()
 	if r := send(t, listen, "--id", "acc-1", "--type", "Withdraw", "--data", `{"amount":100}`); r.Status != schemas.Accepted || r.Version != 3 {
 		t.Fatalf("withdraw after restart: %+v (the balance of 100 must survive)", r)
@@ -101,6 +104,29 @@ func TestDevSendRestart(t *testing.T) {
 	second := send(t, listen, "--id", "acc-1", "--type", "Deposit", "--data", `{"amount":1}`, "--command-id", "again")
 	if first != second || first.Version != 4 {
 		t.Fatalf("retry with the same id: %+v then %+v, want the same reply at version 4", first, second)
+	}
+
+	// The tour's HTTP lines.
+	resp, err := http.Post("http://"+httpAddr+"/v1/account/acc-2/commands", "application/json", strings.NewReader(`{"type":"OpenAccount","data":{"owner":"bob"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep schemas.Reply
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil || resp.StatusCode != 200 || rep.Status != schemas.Accepted {
+		t.Fatalf("POST OpenAccount: %d %+v %v", resp.StatusCode, rep, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + httpAddr + "/v1/account/acc-1?minVersion=4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got struct {
+		Version int64
+		State   struct{ Balance int64 }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 || got.Version != 4 || got.State.Balance != 1 {
+		t.Fatalf("GET acc-1: %d %+v %v, want version 4, balance 1", resp.StatusCode, got, err)
 	}
 }
 

@@ -18,8 +18,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/deciderhq/decider/client"
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/processor"
+	"github.com/deciderhq/decider/processor/httpapi"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -42,6 +44,7 @@ Examples:
 type workerFlags struct {
 	dataDir    *string
 	http       *string
+	advertise  *string
 	partitions *int
 	instance   *string
 	session    *time.Duration
@@ -53,7 +56,8 @@ type workerFlags struct {
 func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 	return workerFlags{
 		dataDir:    fs.String("data-dir", ".decider", "directory of the state store and instance id"),
-		http:       fs.String("http", httpDefault, "address of the HTTP endpoint (/healthz); empty: none"),
+		http:       fs.String("http", httpDefault, "address of the HTTP API (/v1/…, /healthz); empty: none"),
+		advertise:  fs.String("advertise", "", "address other workers reach this one's HTTP API at (default: the --http address; the host name when it listens on every interface)"),
 		partitions: fs.Int("partitions", int(topology.DefaultPartitions), "partitions of topics created for the app"),
 		instance:   fs.String("instance", "", "stable instance id (default: generated once and kept in the data dir)"),
 		session:    fs.Duration("session-timeout", 10*time.Second, "consumer group session timeout: a silent worker loses its partitions after it"),
@@ -109,16 +113,27 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 		return err
 	}
 	defer store.Close()
+	var ln net.Listener
+	advertise := *wf.advertise
+	if *wf.http != "" {
+		if ln, err = net.Listen("tcp", *wf.http); err != nil {
+			return fmt.Errorf("--http %s: %w", *wf.http, err)
+		}
+		defer ln.Close()
+		if advertise == "" {
+			advertise = advertised(ln.Addr().(*net.TCPAddr))
+		}
+	}
 	w, err := processor.New(processor.Config{
-		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log,
+		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log, Advertise: advertise,
 		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
 		AtPoint: crashPoint(),
 	})
 	if err != nil {
 		return err
 	}
-	if *wf.http != "" {
-		stop, err := serveHTTP(*wf.http, log)
+	if ln != nil {
+		stop, err := serveHTTP(ln, app, w, kafka, log)
 		if err != nil {
 			return err
 		}
@@ -162,26 +177,57 @@ func instanceID(dir string) (string, error) {
 	return id, nil
 }
 
-// serveHTTP serves the worker's HTTP endpoint on addr until stop is called.
-func serveHTTP(addr string, log *slog.Logger) (stop func(), err error) {
-	ln, err := net.Listen("tcp", addr)
+// advertised is the address other workers reach a listener on: its own,
+// or the host name for a listener on every interface.
+func advertised(addr *net.TCPAddr) string {
+	if !addr.IP.IsUnspecified() {
+		return addr.String()
+	}
+	host, err := os.Hostname()
 	if err != nil {
-		return nil, fmt.Errorf("--http %s: %w", addr, err)
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(addr.Port))
+}
+
+// HTTP bounds: a request's wait is at most maxWait (httpapi.Config's
+// MaxTimeout), and the server gives up on a client slower than these.
+const maxWait = time.Minute
+
+// serveHTTP serves the worker's HTTP endpoints on ln until stop is called:
+// /healthz and the API of package httpapi.
+func serveHTTP(ln net.Listener, app *topology.App, w *processor.Worker, kafka []kgo.Opt, log *slog.Logger) (stop func(), err error) {
+	c, err := client.New(client.Config{App: app.Name(), Kafka: kafka, Source: "decider-http"})
+	if err != nil {
+		return nil, err
+	}
+	api, err := httpapi.New(httpapi.Config{App: app, Worker: w, Client: c, Logger: log, MaxTimeout: maxWait})
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	mux.Handle("/v1/", api)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      maxWait + 15*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("http server", "err", err)
 		}
 	}()
-	return func() { srv.Close() }, nil
+	return func() {
+		srv.Close()
+		c.Close()
+	}, nil
 }
 
-// crashPoint is the crash tests' switch: DECIDER_TEST_CRASH_AT=<point>[:n]
-// makes the worker exit abruptly (status 137, as after kill -9) the n-th
-// time (default 1st) it passes that processor.Point. Not for production.
 func crashPoint() func(processor.Point) {
 	spec := os.Getenv("DECIDER_TEST_CRASH_AT")
 	if spec == "" {

@@ -90,15 +90,12 @@ func printReply(w io.Writer, rep schemas.Reply) error {
 
 // commandName resolves a short or full command type name.
 func commandName(agg *topology.Aggregate, typ string) (string, error) {
+	if n, ok := agg.CommandName(typ); ok {
+		return n, nil
+	}
 	names := agg.Commands()
-	for _, n := range names {
-		if n == typ || schemas.ShortName(n) == typ {
-			return n, nil
-		}
-	}
-	short := make([]string, len(names))
 	for i, n := range names {
-		short[i] = schemas.ShortName(n)
+		names[i] = schemas.ShortName(n)
 	}
-	return "", fmt.Errorf("--type %q is not a command of %s (one of %s)", typ, agg.Name(), strings.Join(short, ", "))
+	return "", fmt.Errorf("--type %q is not a command of %s (one of %s)", typ, agg.Name(), strings.Join(names, ", "))
 }

@@ -25,7 +25,7 @@ import (
 // counts them all.
 func TestVerifyCleanRun(t *testing.T) {
 	listen, dir := freeAddr(t), t.TempDir()
-	stop := dev(t, listen, dir)
+	stop := dev(t, listen, dir, "")
 	defer stop()
 	kafka := []kgo.Opt{kgo.SeedBrokers(listen)}
 	app, err := accounts.App(4)

@@ -1,0 +1,158 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/deciderhq/decider/schemas"
+	"github.com/deciderhq/decider/statestore"
+	"github.com/deciderhq/decider/topology"
+)
+
+// ErrUnknownAggregateType is returned by Read for a type the app does not
+// declare.
+var ErrUnknownAggregateType = errors.New("unknown aggregate type")
+
+// ErrRestoring is returned by Read when the worker owns the aggregate's
+// partition but has not restored it yet: ask again shortly.
+var ErrRestoring = errors.New("partition is being restored")
+
+// ErrVersionNotReached is returned by Read, with the aggregate as it is,
+// when ctx ended before the aggregate reached the version asked for.
+var ErrVersionNotReached = errors.New("version not reached")
+
+// NotOwnerError is returned by Read when another worker owns the
+// aggregate's partition. Owner is that worker's advertised address (see
+// Config.Advertise), or empty when it is not known (a rebalance is under
+// way, or the owner advertises none).
+type NotOwnerError struct {
+	Topic     string
+	Partition int32
+	Owner     string
+}
+
+func (e *NotOwnerError) Error() string {
+	if e.Owner == "" {
+		return fmt.Sprintf("%s/%d is not owned by this worker, and its owner is not known", e.Topic, e.Partition)
+	}
+	return fmt.Sprintf("%s/%d is owned by the worker at %s", e.Topic, e.Partition, e.Owner)
+}
+
+// Aggregate is an aggregate as Read found it in the worker's state store.
+type Aggregate struct {
+	Type      *topology.Aggregate
+	ID        string
+	Partition int32
+	// Version is the number of events applied; 0 for an aggregate that has
+	// none (its State is then the initial state).
+	Version int64
+	// State is the state, single-object encoded as the record
+	// Type.StateName().
+	State []byte
+}
+
+// Read returns aggregate id of aggregateType from this worker's state
+// store, once the worker owns its partition and has restored it. The state
+// is what committed transactions wrote, possibly a moment behind a reply
+// already sent; with minVersion > 0, Read waits until the aggregate has at
+// least that many events or ctx ends (ErrVersionNotReached), so that a
+// caller reads its own writes. A worker that does not own the partition
+// returns a *NotOwnerError naming the owner.
+func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion int64) (Aggregate, error) {
+	agg, ok := w.cfg.App.Aggregate(aggregateType)
+	if !ok {
+		return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrUnknownAggregateType)
+	}
+	p := topology.Partition([]byte(id), agg.Partitions())
+	key := partitionKey{w.cfg.App.Topics(agg).Commands, p}
+	a, applied, err := w.owned(key)
+	if err != nil {
+		return Aggregate{}, err
+	}
+	select {
+	case <-a.ready:
+	case <-a.ctx.Done():
+		return Aggregate{}, w.notOwner(key)
+	case <-ctx.Done():
+		return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
+	}
+	for {
+		got, err := w.readStored(agg, p, id)
+		if err != nil || got.Version >= minVersion {
+			return got, err
+		}
+		select {
+		case <-applied:
+			if a, applied, err = w.owned(key); err != nil {
+				return Aggregate{}, err
+			}
+		case <-a.ctx.Done():
+			return Aggregate{}, w.notOwner(key)
+		case <-ctx.Done():
+			return got, fmt.Errorf("read %s %s: at version %d, not %d: %w", aggregateType, id, got.Version, minVersion, ErrVersionNotReached)
+		}
+	}
+}
+
+// owned returns the current assignment of key, and the channel closed at
+// the next write to the state store.
+func (w *Worker) owned(key partitionKey) (*assigned, chan struct{}, error) {
+	w.mu.Lock()
+	a, ok := w.parts[key]
+	applied := w.applied
+	w.mu.Unlock()
+	if !ok {
+		return nil, nil, w.notOwner(key)
+	}
+	return a, applied, nil
+}
+
+// readStored reads an aggregate from the state store.
+func (w *Worker) readStored(agg *topology.Aggregate, p int32, id string) (Aggregate, error) {
+	got := Aggregate{Type: agg, ID: id, Partition: p}
+	v, err := w.cfg.Store.Get(agg.Name(), p, id)
+	if errors.Is(err, statestore.ErrNotFound) {
+		got.State, err = agg.EncodeState(agg.Initial())
+		return got, err
+	}
+	if err != nil {
+		return got, err
+	}
+	d, err := agg.Schemas().Decode(schemas.SnapshotName, v)
+	if err != nil {
+		return got, fmt.Errorf("read %s %s: snapshot: %w", agg.Name(), id, err)
+	}
+	snap := d.(schemas.Snapshot)
+	got.Version, got.State = snap.Version, snap.State
+	return got, nil
+}
+
+func (w *Worker) notOwner(key partitionKey) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return &NotOwnerError{Topic: key.topic, Partition: key.partition, Owner: w.owners[key]}
+}
+
+// setOwners records the owners map of the latest assignment.
+func (w *Worker) setOwners(m map[string]map[string][]int32) {
+	owners := map[partitionKey]string{}
+	for addr, topics := range m {
+		for topic, ps := range topics {
+			for _, p := range ps {
+				owners[partitionKey{topic, p}] = addr
+			}
+		}
+	}
+	w.mu.Lock()
+	w.owners = owners
+	w.mu.Unlock()
+}
+
+// wrote wakes the readers waiting for a version.
+func (w *Worker) wrote() {
+	w.mu.Lock()
+	close(w.applied)
+	w.applied = make(chan struct{})
+	w.mu.Unlock()
+}
