@@ -33,8 +33,8 @@ import (
 
 // Config configures a Client. App and Kafka are required.
 type Config struct {
-	App     string            // the app's name, e.g. "bank"
-	Kafka   []kgo.Opt         // seed brokers, TLS, SASL
+	App   string    // the app's name, e.g. "bank"
+	Kafka []kgo.Opt // seed brokers, TLS, SASL
 	// Schemas encodes commands: every command's Go type must be bound. A
 	// client without one sends Raw commands only.
 	Schemas *schemas.Registry
