@@ -21,25 +21,35 @@ type batch struct {
 	w        *Worker
 	produced sync.WaitGroup // records whose promise has not run yet
 
-	mu    sync.Mutex
-	err   error // the first reason the transaction must abort
-	parts []*partBatch
+	mu        sync.Mutex
+	err       error  // the first reason the transaction must abort
+	abortKind string // its class, the label of decider_transaction_aborts_total
+	parts     []*partBatch
 }
 
 func newBatch(w *Worker) *batch { return &batch{w: w} }
 
-func (b *batch) abort(err error) {
+// Classes of reasons to abort a batch.
+const (
+	abortRevoked       = "revoked"        // a partition of the batch was revoked or the worker is stopping
+	abortProduceFailed = "produce_failed" // a record of the batch was not written
+	abortBatchFailed   = "batch_failed"   // deciding failed for a reason not the command's (a state store read)
+)
+
+func (b *batch) abort(kind string, err error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.err == nil {
-		b.err = err
+		b.err, b.abortKind = err, kind
 	}
 }
 
-func (b *batch) abortReason() error {
+// abortReason returns why the transaction must abort, and that reason's
+// class; nil if it may commit.
+func (b *batch) abortReason() (error, string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err
+	return b.err, b.abortKind
 }
 
 // run decides the records of one partition, in offset order, once the
@@ -47,16 +57,16 @@ func (b *batch) abortReason() error {
 func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 	a, ok := b.w.partition(ftp.Topic, ftp.Partition)
 	if !ok {
-		b.abort(fmt.Errorf("%s/%d is no longer assigned", ftp.Topic, ftp.Partition))
+		b.abort(abortRevoked, fmt.Errorf("%s/%d is no longer assigned", ftp.Topic, ftp.Partition))
 		return
 	}
 	select {
 	case <-a.ready:
 	case <-a.ctx.Done():
-		b.abort(fmt.Errorf("%s/%d revoked while restoring", ftp.Topic, ftp.Partition))
+		b.abort(abortRevoked, fmt.Errorf("%s/%d revoked while restoring", ftp.Topic, ftp.Partition))
 		return
 	case <-ctx.Done():
-		b.abort(fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
+		b.abort(abortRevoked, fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
 		return
 	}
 	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition)}
@@ -65,7 +75,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 	b.mu.Unlock()
 	for _, r := range ftp.Records {
 		if err := pb.handle(ctx, r); err != nil {
-			b.abort(err)
+			b.abort(abortBatchFailed, err)
 			return
 		}
 	}
@@ -94,6 +104,15 @@ func (b *batch) apply() error {
 	return nil
 }
 
+// committed adds what the committed batch did to the metrics.
+func (b *batch) committed(commands int) {
+	m, now := b.w.metrics, time.Now()
+	m.batchCommands.Observe(float64(commands))
+	for _, pb := range b.parts {
+		m.committed(pb.a.agg.Name(), &pb.tally, now)
+	}
+}
+
 // restoreAgain makes every partition of the batch restore before its next
 // command.
 func (b *batch) restoreAgain() {
@@ -110,7 +129,7 @@ func (b *batch) produce(r *kgo.Record, onOffset func(int64)) {
 		defer b.produced.Done()
 		if err != nil {
 			b.w.topics.forget(r.Topic) // a reply topic deleted since it was looked up
-			b.abort(fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
+			b.abort(abortProduceFailed, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
 			return
 		}
 		if onOffset != nil {
@@ -125,6 +144,13 @@ type partBatch struct {
 	a       *assigned
 	overlay *statestore.Overlay
 	next    atomic.Int64 // changelog offset after this batch's last snapshot
+	tally   tally        // for the metrics, once committed
+}
+
+// produce sends a record of kind in the batch's transaction.
+func (pb *partBatch) produce(kind string, r *kgo.Record, onOffset func(int64)) {
+	pb.tally.record(kind)
+	pb.b.produce(r, onOffset)
 }
 
 // aggState is an aggregate as the worker holds it between commands.
@@ -198,6 +224,8 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	}
 	if prev, ok := st.seen(c.id); ok {
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
+		pb.tally.dedupeHits++
+		pb.tally.command(prev.Status, r.Timestamp)
 		if err := pb.reply(ctx, c, prev); err != nil {
 			return err
 		}
@@ -222,7 +250,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	case c.expectedVersion >= 0 && c.expectedVersion != st.version:
 		reply.Status, reply.Reason = schemas.Conflict, "version_mismatch"
 	default:
+		began := time.Now()
 		d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
+		pb.a.decideTime.Observe(time.Since(began).Seconds())
 		switch {
 		case errors.As(d.err, &rejection):
 			reply.Status, reply.Reason = schemas.Rejected, string(rejection)
@@ -235,13 +265,14 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			next.version += int64(len(d.events))
 			reply.Version, reply.Events = next.version, int32(len(d.events))
 			for i, e := range d.events {
-				pb.b.produce(pb.event(c, id, st.version+int64(i)+1, e), nil)
+				pb.produce(kindEvent, pb.event(c, id, st.version+int64(i)+1, e), nil)
 			}
 		}
 	}
 	// Every decided command updates the snapshot, even one that changed
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
+	pb.tally.command(reply.Status, r.Timestamp)
 	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)
 	if err := pb.snapshot(id, next, d.stateBytes); err != nil {
 		return err
@@ -331,7 +362,7 @@ func (pb *partBatch) snapshot(id string, s *aggState, stateBytes []byte) error {
 		return fmt.Errorf("encode snapshot of %s: %w", id, err)
 	}
 	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
-	pb.b.produce(&kgo.Record{
+	pb.produce(kindSnapshot, &kgo.Record{
 		Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
 	}, func(off int64) {
 		for {
@@ -395,7 +426,7 @@ func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) e
 	if err != nil {
 		return fmt.Errorf("encode reply to %s: %w", c.id, err)
 	}
-	pb.b.produce(&kgo.Record{
+	pb.produce(kindReply, &kgo.Record{
 		Topic: c.replyTo, Partition: p, Key: []byte(c.id), Value: v,
 		Headers: pb.headers(c, c.id+"/reply", name, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
 	}, nil)
@@ -413,6 +444,7 @@ func (pb *partBatch) refuse(ctx context.Context, c *command, status schemas.Stat
 	pb.b.w.log.Debug("command refused", "status", status, "reason", reason, "detail", detail,
 		"topic", c.rec.Topic, "partition", c.rec.Partition, "offset", c.rec.Offset)
 	pb.deadLetter(c.rec, reason, detail)
+	pb.tally.command(status, c.rec.Timestamp)
 	if c.id == "" || len(c.id) > maxIDBytes {
 		return nil // a reply is keyed by the command id: none, or none that fits
 	}
@@ -433,6 +465,7 @@ func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
 		kgo.RecordHeader{Key: schemas.HeaderDLQPartition, Value: []byte(strconv.Itoa(int(r.Partition)))},
 		kgo.RecordHeader{Key: schemas.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
 	)
+	pb.tally.deadLetter(reason)
 	pb.b.produce(&kgo.Record{
 		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: value, Headers: h,
 	}, nil)
@@ -442,7 +475,7 @@ func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
 // its key hashes to, inside the transaction: it is decided there, once.
 func (pb *partBatch) forward(r *kgo.Record, to int32) {
 	pb.b.w.log.Debug("forwarding misrouted command", "topic", r.Topic, "from", r.Partition, "to", to, "offset", r.Offset)
-	pb.b.produce(&kgo.Record{
+	pb.produce(kindForward, &kgo.Record{
 		Topic: r.Topic, Partition: to, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp,
 	}, nil)
 }

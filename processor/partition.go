@@ -9,6 +9,7 @@ import (
 
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -27,6 +28,8 @@ type assigned struct {
 	ctx    context.Context // cancelled on revoke
 	cancel context.CancelFunc
 	ready  chan struct{} // closed when the restore is done
+
+	decideTime prometheus.Observer // decider_decide_duration_seconds of the type
 }
 
 func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *assigned {
@@ -35,6 +38,7 @@ func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *a
 	return &assigned{
 		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
 		source: w.cfg.App.Source(agg), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
+		decideTime: w.metrics.decide.WithLabelValues(agg.Name()),
 	}
 }
 
@@ -50,6 +54,8 @@ func (a *assigned) restore() {
 		lock.Unlock()
 		if err == nil {
 			log.Info("partition restored", "records", st.Records, "from", st.From, "to", st.To, "full", st.Full, "took", st.Took)
+			a.w.metrics.restoreRecords.WithLabelValues(a.agg.Name()).Add(float64(st.Records))
+			a.w.metrics.restoreDuration.WithLabelValues(a.agg.Name()).Observe(st.Took.Seconds())
 			close(a.ready)
 			a.w.wrote()
 			a.resume()

@@ -10,9 +10,11 @@ import (
 
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
 )
 
 // Config configures a Worker. App, Store, Kafka and InstanceID are required.
@@ -65,6 +67,10 @@ type Config struct {
 	// shared with the group, so that every worker knows where each
 	// partition's owner answers reads (Owner). Empty: not shared.
 	Advertise string
+	// Registerer, if set, gets the worker's Prometheus metrics (decider_*,
+	// see metrics.go) and franz-go's client metrics (decider_kafka_*,
+	// plugin/kprom). A Registerer serves one worker.
+	Registerer prometheus.Registerer
 	// AtPoint, if set, is called at the named points of the protocol. It
 	// is a test seam: the crash tests exit the process there.
 	AtPoint func(Point)
@@ -91,11 +97,12 @@ func (w *Worker) at(p Point) {
 // of the commands topics and turns their commands into events, snapshots
 // and replies, one Kafka transaction per poll.
 type Worker struct {
-	cfg    Config
-	log    *slog.Logger
-	sess   *kgo.GroupTransactSession
-	adm    *kadm.Client
-	topics *topicCache
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
+	sess    *kgo.GroupTransactSession // set under mu, for Ready
+	adm     *kadm.Client
+	topics  *topicCache
 
 	mu      sync.Mutex                 // guards parts, owners and applied
 	parts   map[partitionKey]*assigned // partitions currently assigned
@@ -151,12 +158,14 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.RebalanceTimeout <= 0 {
 		cfg.RebalanceTimeout = time.Minute
 	}
-	return &Worker{
+	w := &Worker{
 		cfg:     cfg,
 		log:     cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
 		parts:   map[partitionKey]*assigned{},
 		applied: make(chan struct{}),
-	}, nil
+	}
+	w.metrics = newMetrics(cfg.Registerer, cfg.Store, w.Ready)
+	return w, nil
 }
 
 // TransactionalID returns the transactional id the worker produces with.
@@ -195,7 +204,13 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // session runs one group membership with one transactional producer.
 func (w *Worker) session(ctx context.Context) error {
-	sess, err := kgo.NewGroupTransactSession(append(w.cfg.Kafka[:len(w.cfg.Kafka):len(w.cfg.Kafka)],
+	opts := w.cfg.Kafka[:len(w.cfg.Kafka):len(w.cfg.Kafka)]
+	if w.cfg.Registerer != nil {
+		// kprom registers its collectors with the session's client and
+		// unregisters them when it closes, so each session gets its own.
+		opts = append(opts, kgo.WithHooks(kprom.NewMetrics("decider", kprom.Subsystem("kafka"), kprom.Registerer(w.cfg.Registerer))))
+	}
+	sess, err := kgo.NewGroupTransactSession(append(opts,
 		kgo.ConsumerGroup(w.cfg.App.Group()),
 		kgo.ConsumeTopics(w.cfg.App.CommandTopics()...),
 		kgo.TransactionalID(w.TransactionalID()),
@@ -218,12 +233,15 @@ func (w *Worker) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.TransactionalID(), err)
 	}
+	w.mu.Lock()
 	w.sess = sess
+	w.mu.Unlock()
 	w.adm = kadm.NewClient(sess.Client())
 	w.topics = newTopicCache(w.adm)
 	defer func() {
 		w.mu.Lock()
 		w.stopRestores() // the session's revoke callback may be skipped
+		w.sess = nil
 		w.mu.Unlock()
 		sess.Close() // leaves the group
 		w.wg.Wait()
@@ -240,6 +258,11 @@ func (w *Worker) session(ctx context.Context) error {
 		}
 		fetches.EachError(func(t string, p int32, err error) {
 			w.log.Warn("fetch failed", "topic", t, "partition", p, "err", err)
+		})
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			if n := len(p.Records); n > 0 {
+				w.metrics.setLag(p.Topic, p.Partition, p.HighWatermark-p.Records[n-1].Offset-1)
+			}
 		})
 		if fetches.NumRecords() == 0 {
 			continue
@@ -260,6 +283,7 @@ func isFenced(err error) bool {
 // transaction; see the package doc for the protocol.
 func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	w.at(AfterPoll)
+	began := time.Now()
 	if err := w.sess.Begin(); err != nil {
 		// Only a producer left in a fatal state refuses to begin.
 		return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
@@ -288,18 +312,32 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	// after the decision.
 	try := kgo.TryCommit
 	if err := w.sess.Client().Flush(endCtx); err != nil {
-		b.abort(fmt.Errorf("flush: %w", err))
+		b.abort(abortProduceFailed, fmt.Errorf("flush: %w", err))
 		// Records that could not be written in time (a partition without
 		// a leader) are failed, so that their promises run.
 		_ = w.sess.Client().AbortBufferedRecords(endCtx)
 	}
 	b.produced.Wait()
 	w.at(AfterProduce)
-	if err := b.abortReason(); err != nil {
-		w.log.Warn("aborting transaction", "reason", err)
+	abortErr, abortKind := b.abortReason()
+	if abortErr != nil {
+		w.log.Warn("aborting transaction", "reason", abortErr)
 		try = kgo.TryAbort
 	}
 	committed, err := w.sess.End(endCtx, try)
+	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
+	switch {
+	case committed:
+		w.metrics.transactions.WithLabelValues("committed").Inc()
+	case isFenced(err):
+		abortKind = "fenced"
+	case err != nil || try == kgo.TryCommit:
+		abortKind = "commit_failed"
+	}
+	if !committed {
+		w.metrics.transactions.WithLabelValues("aborted").Inc()
+		w.metrics.aborts.WithLabelValues(abortKind).Inc()
+	}
 	if err != nil {
 		if isFenced(err) {
 			return fmt.Errorf("%w: %w", ErrFenced, err)
@@ -328,6 +366,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		return nil
 	}
 	w.at(AfterCommit)
+	b.committed(fetches.NumRecords())
 	if err := b.apply(); err != nil {
 		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
 	}
@@ -350,6 +389,7 @@ func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[stri
 		}
 		w.log.Info("partitions assigned", "topic", topic, "partitions", ps)
 	}
+	w.countOwned()
 }
 
 // assign starts an assignment of partition p of agg's commands topic and
@@ -390,7 +430,9 @@ func (w *Worker) stopRestores() {
 	for k, a := range w.parts {
 		a.cancel()
 		delete(w.parts, k)
+		w.metrics.forget(k.topic, k.partition)
 	}
+	w.countOwned()
 }
 
 // onRevoked forgets revoked or lost partitions and stops their restores.
@@ -404,10 +446,12 @@ func (w *Worker) onRevoked(_ context.Context, _ *kgo.Client, revoked map[string]
 			if a, ok := w.parts[k]; ok {
 				a.cancel()
 				delete(w.parts, k)
+				w.metrics.forget(k.topic, k.partition)
 			}
 		}
 		w.log.Info("partitions revoked", "topic", topic, "partitions", ps)
 	}
+	w.countOwned()
 }
 
 // partition returns the current assignment of a partition, if any.

@@ -180,3 +180,22 @@ func (quietLogger) Errorf(string, ...any) {}
 func (quietLogger) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf("pebble: "+format, args...))
 }
+
+// Stats are figures of a store for monitoring.
+type Stats struct {
+	DiskBytes   uint64 // space the store takes on disk
+	CacheBytes  int64  // bytes in the block cache
+	CacheHits   int64  // block cache hits since Open
+	CacheMisses int64  // block cache misses since Open
+}
+
+// Stats returns the store's current figures.
+func (s *Store) Stats() Stats {
+	m := s.db.Metrics()
+	return Stats{
+		DiskBytes:   m.DiskSpaceUsage(),
+		CacheBytes:  m.BlockCache.Size,
+		CacheHits:   m.BlockCache.Hits,
+		CacheMisses: m.BlockCache.Misses,
+	}
+}

@@ -24,6 +24,8 @@ import (
 	"github.com/deciderhq/decider/processor/httpapi"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -124,8 +126,10 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 			advertise = advertised(ln.Addr().(*net.TCPAddr))
 		}
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := processor.New(processor.Config{
-		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log, Advertise: advertise,
+		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log, Advertise: advertise, Registerer: reg,
 		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
 		AtPoint: crashPoint(),
 	})
@@ -133,7 +137,7 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 		return err
 	}
 	if ln != nil {
-		stop, err := serveHTTP(ln, app, w, kafka, log)
+		stop, err := serveHTTP(ln, httpapi.Config{App: app, Worker: w, Logger: log, Gatherer: reg}, kafka)
 		if err != nil {
 			return err
 		}
@@ -194,23 +198,22 @@ func advertised(addr *net.TCPAddr) string {
 // MaxTimeout), and the server gives up on a client slower than these.
 const maxWait = time.Minute
 
-// serveHTTP serves the worker's HTTP endpoints on ln until stop is called:
-// /healthz and the API of package httpapi.
-func serveHTTP(ln net.Listener, app *topology.App, w *processor.Worker, kafka []kgo.Opt, log *slog.Logger) (stop func(), err error) {
-	c, err := client.New(client.Config{App: app.Name(), Kafka: kafka, Source: "decider-http"})
+// serveHTTP serves the API of package httpapi (commands, reads, health,
+// metrics) on ln until stop is called; cfg gets its client and bounds here.
+func serveHTTP(ln net.Listener, cfg httpapi.Config, kafka []kgo.Opt) (stop func(), err error) {
+	c, err := client.New(client.Config{App: cfg.App.Name(), Kafka: kafka, Source: "decider-http"})
 	if err != nil {
 		return nil, err
 	}
-	api, err := httpapi.New(httpapi.Config{App: app, Worker: w, Client: c, Logger: log, MaxTimeout: maxWait})
+	cfg.Client, cfg.MaxTimeout = c, maxWait
+	api, err := httpapi.New(cfg)
 	if err != nil {
 		c.Close()
 		return nil, err
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.Handle("/v1/", api)
+	log := cfg.Logger
 	srv := &http.Server{
-		Handler:           mux,
+		Handler:           api,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      maxWait + 15*time.Second,

@@ -35,6 +35,14 @@
 // Every wait is bounded: ?timeout=5s on either request, at most
 // Config.MaxTimeout. Request bodies are bounded by Config.MaxBodyBytes
 // (413). Errors are JSON: {"error": code, "message": text}.
+//
+// Operations:
+//
+//	GET /healthz   200 while the process serves HTTP
+//	GET /readyz    200 {"ready": true} when the worker is a member of its
+//	               group with every assigned partition restored; else 503
+//	               {"ready": false, "reason": "…"}
+//	GET /metrics   Prometheus metrics of Config.Gatherer, when set
 package httpapi
 
 import (
@@ -53,6 +61,8 @@ import (
 	"github.com/deciderhq/decider/processor"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Config configures the API. App, Worker and Client are required.
@@ -61,6 +71,9 @@ type Config struct {
 	Worker *processor.Worker // answers reads of the partitions it owns
 	Client *client.Client    // sends commands
 	Logger *slog.Logger      // default slog.Default()
+	// Gatherer, if set, is served on /metrics (the registry the worker's
+	// Config.Registerer writes to).
+	Gatherer prometheus.Gatherer
 	// MaxBodyBytes bounds a command request's body. Default 1 MiB.
 	MaxBodyBytes int64
 	// Timeout is how long a request waits for a reply or a version when it
@@ -110,10 +123,25 @@ func New(cfg Config) (http.Handler, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/{type}/{id}/commands", a.command)
 	mux.HandleFunc("GET /v1/{type}/{id}", a.read)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		a.reply(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	if cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}))
+	}
 	return mux, nil
 }
 
 type ownerKey struct{}
+
+func (a *api) readyz(w http.ResponseWriter, _ *http.Request) {
+	if ok, reason := a.cfg.Worker.Ready(); !ok {
+		a.reply(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason})
+		return
+	}
+	a.reply(w, http.StatusOK, map[string]any{"ready": true})
+}
 
 // commandRequest is the body of a command request.
 type commandRequest struct {

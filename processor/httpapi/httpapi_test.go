@@ -20,6 +20,7 @@ import (
 	"github.com/deciderhq/decider/processor/httpapi"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -58,6 +59,7 @@ func newCluster(t *testing.T) *cluster {
 type node struct {
 	w   *processor.Worker
 	srv *httptest.Server
+	reg *prometheus.Registry
 }
 
 func (c *cluster) start(name string) *node {
@@ -68,10 +70,11 @@ func (c *cluster) start(name string) *node {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	reg := prometheus.NewRegistry()
 	w, err := processor.New(processor.Config{
 		App: c.app, Store: store, Kafka: c.kafka, InstanceID: name, Logger: log,
 		SessionTimeout: time.Second, TransactionTimeout: 2 * time.Second,
-		Advertise: srv.Listener.Addr().String(),
+		Advertise: srv.Listener.Addr().String(), Registerer: reg,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +83,7 @@ func (c *cluster) start(name string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	api, err := httpapi.New(httpapi.Config{App: c.app, Worker: w, Client: cl, Logger: log, MaxBodyBytes: 4096})
+	api, err := httpapi.New(httpapi.Config{App: c.app, Worker: w, Client: cl, Logger: log, MaxBodyBytes: 4096, Gatherer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +101,7 @@ func (c *cluster) start(name string) *node {
 		cl.Close()
 		store.Close()
 	})
-	return &node{w: w, srv: srv}
+	return &node{w: w, srv: srv, reg: reg}
 }
 
 // do sends a request and decodes the JSON answer.
@@ -119,6 +122,33 @@ func (n *node) do(t *testing.T, method, path, body string) (int, map[string]any)
 		t.Fatalf("%s %s: %d, not JSON: %q", method, path, resp.StatusCode, b)
 	}
 	return resp.StatusCode, out
+}
+
+// waitMetrics waits until /metrics has every one of lines.
+func (n *node) waitMetrics(t *testing.T, lines ...string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(n.srv.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var missing []string
+		for _, l := range lines {
+			if !bytes.Contains(metrics, []byte(l)) {
+				missing = append(missing, l)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/metrics has no %q:\n%s", missing, metrics)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition
+	}
 }
 
 // ready waits until path stops answering 503 (the partition is restoring
@@ -212,6 +242,25 @@ func TestCommandsAndReads(t *testing.T) {
 	code, out = a.do(t, "GET", "/v1/account/acc-1?minVersion=x", "")
 	want(code, out, 400, map[string]any{"error": "bad_request"})
 
+	// Health and metrics.
+	code, out = a.do(t, "GET", "/readyz", "")
+	want(code, out, 200, map[string]any{"ready": true})
+	// Counts are added just after the commit that sent the replies.
+	a.waitMetrics(t,
+		`decider_commands_total{aggregate_type="account",status="ACCEPTED"} 4`, // open, deposit, dep-5 twice
+		`decider_commands_total{aggregate_type="account",status="REJECTED"} 1`,
+		`decider_commands_total{aggregate_type="account",status="CONFLICT"} 1`,
+		`decider_commands_total{aggregate_type="account",status="EXPIRED"} 1`,
+		`decider_dedupe_hits_total{aggregate_type="account"} 1`,
+		`decider_partitions_owned{aggregate_type="account"} 4`,
+		`decider_records_produced_total{kind="event"} 3`,
+		`decider_ready 1`,
+		`decider_transactions_total{outcome="committed"}`,
+		`decider_command_latency_seconds_count{aggregate_type="account"}`,
+		`decider_state_store_size_bytes`,
+		`decider_kafka_`,
+	)
+
 	// No reply in time: 408 with the command id to retry with.
 	code, out = a.do(t, "POST", "/v1/account/acc-1/commands?timeout=1ns", `{"type":"Deposit","data":{"amount":1},"commandId":"late"}`)
 	want(code, out, 408, map[string]any{"error": "timeout", "commandId": "late"})
@@ -252,5 +301,38 @@ func TestReadsAreAnsweredByTheOwner(t *testing.T) {
 				t.Errorf("GET %s from %s: %d %v", id, n.srv.URL, code, out)
 			}
 		}
+	}
+}
+
+// A worker that has not joined its group is not ready, and says why.
+func TestNotReadyBeforeJoining(t *testing.T) {
+	c := newCluster(t)
+	store, err := statestore.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	w, err := processor.New(processor.Config{App: c.app, Store: store, Kafka: c.kafka, InstanceID: "idle"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := client.New(client.Config{App: c.app.Name(), Kafka: c.kafka})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	api, err := httpapi.New(httpapi.Config{App: c.app, Worker: w, Client: cl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	code, out := (&node{srv: srv}).do(t, "GET", "/readyz", "")
+	if code != http.StatusServiceUnavailable || out["ready"] != false || out["reason"] != "not running" {
+		t.Errorf("/readyz = %d %v, want 503 not running", code, out)
+	}
+	code, out = (&node{srv: srv}).do(t, "GET", "/v1/account/acc-1", "")
+	if code != http.StatusServiceUnavailable || out["error"] != "not_ready" {
+		t.Errorf("read = %d %v, want 503 not_ready", code, out)
 	}
 }

@@ -1,0 +1,195 @@
+package processor
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/deciderhq/decider/schemas"
+	"github.com/deciderhq/decider/statestore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are a worker's Prometheus metrics (Config.Registerer). Counts of
+// what a transaction wrote are added when it commits, so that a batch
+// aborted and redone is counted once.
+type metrics struct {
+	commands        *prometheus.CounterVec
+	commandLatency  *prometheus.HistogramVec
+	decide          *prometheus.HistogramVec
+	dedupeHits      *prometheus.CounterVec
+	deadLetters     *prometheus.CounterVec
+	records         *prometheus.CounterVec
+	batchCommands   prometheus.Histogram
+	txnDuration     prometheus.Histogram
+	transactions    *prometheus.CounterVec
+	aborts          *prometheus.CounterVec
+	owned           *prometheus.GaugeVec
+	restoreRecords  *prometheus.CounterVec
+	restoreDuration *prometheus.HistogramVec
+	lag             *prometheus.GaugeVec
+}
+
+// Kinds of records produced (label "kind" of decider_records_produced_total).
+const (
+	kindEvent      = "event"
+	kindSnapshot   = "snapshot"
+	kindReply      = "reply"
+	kindForward    = "forward"
+	kindDeadLetter = "dead_letter"
+)
+
+// latencyBuckets span 100µs to ~30s.
+var latencyBuckets = prometheus.ExponentialBuckets(0.0001, 2.5, 16)
+
+// newMetrics makes the metrics and registers them with reg, if not nil;
+// ready is the worker's readiness.
+func newMetrics(reg prometheus.Registerer, store *statestore.Store, ready func() (bool, string)) *metrics {
+	const ns = "decider"
+	m := &metrics{
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "commands_total",
+			Help: "Commands answered, by aggregate type and reply status (a duplicate counts with its first reply's status)."},
+			[]string{"aggregate_type", "status"}),
+		commandLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "command_latency_seconds",
+			Help: "From a command's record timestamp (its producer's clock) to the commit of its reply: send→reply as the worker sees it.", Buckets: latencyBuckets},
+			[]string{"aggregate_type"}),
+		decide: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "decide_duration_seconds",
+			Help: "Time in the domain's Decide and Evolve and the encoding of their output, per command.", Buckets: latencyBuckets},
+			[]string{"aggregate_type"}),
+		dedupeHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dedupe_hits_total",
+			Help: "Commands whose id was in the aggregate's dedupe window: answered with the first reply, nothing written."},
+			[]string{"aggregate_type"}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letters_total",
+			Help: "Commands copied to the dead-letter topic, by reason."},
+			[]string{"aggregate_type", "reason"}),
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "records_produced_total",
+			Help: "Records written in committed transactions, by kind (event, snapshot, reply, forward, dead_letter)."},
+			[]string{"kind"}),
+		batchCommands: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "batch_commands",
+			Help: "Commands per transaction.", Buckets: prometheus.ExponentialBuckets(1, 4, 8)}),
+		txnDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "transaction_duration_seconds",
+			Help: "From the start of a transaction to its commit or abort.", Buckets: latencyBuckets}),
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "transactions_total",
+			Help: "Transactions ended, by outcome (committed, aborted)."},
+			[]string{"outcome"}),
+		aborts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "transaction_aborts_total",
+			Help: "Transactions aborted, by reason (produce_failed, commit_failed, fenced, revoked)."},
+			[]string{"reason"}),
+		owned: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "partitions_owned",
+			Help: "Commands partitions assigned to this worker."},
+			[]string{"aggregate_type"}),
+		restoreRecords: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "restore_records_total",
+			Help: "Snapshot records restored from the changelog."},
+			[]string{"aggregate_type"}),
+		restoreDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "restore_duration_seconds",
+			Help: "Time to restore one partition from the changelog.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)},
+			[]string{"aggregate_type"}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag_records",
+			Help: "Commands behind the high watermark of each owned partition, as of the last poll."},
+			[]string{"topic", "partition"}),
+	}
+	if reg != nil {
+		readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
+			Help: "1 when the worker is a member of its group with every assigned partition restored (/readyz)."},
+			func() float64 {
+				if ok, _ := ready(); ok {
+					return 1
+				}
+				return 0
+			})
+		reg.MustRegister(m.commands, m.commandLatency, m.decide, m.dedupeHits, m.deadLetters, m.records,
+			m.batchCommands, m.txnDuration, m.transactions, m.aborts, m.owned, m.restoreRecords,
+			m.restoreDuration, m.lag, readyGauge, storeCollector{store})
+	}
+	return m
+}
+
+// tally counts what one partition's share of a batch did, added to the
+// metrics if the transaction commits.
+type tally struct {
+	statuses    map[schemas.Status]int
+	dedupeHits  int
+	deadLetters map[string]int // by reason
+	records     map[string]int // by kind
+	timestamps  []time.Time    // of the commands answered
+}
+
+func (t *tally) command(s schemas.Status, ts time.Time) {
+	if t.statuses == nil {
+		t.statuses = map[schemas.Status]int{}
+	}
+	t.statuses[s]++
+	t.timestamps = append(t.timestamps, ts)
+}
+
+func (t *tally) record(kind string) {
+	if t.records == nil {
+		t.records = map[string]int{}
+	}
+	t.records[kind]++
+}
+
+func (t *tally) deadLetter(reason string) {
+	if t.deadLetters == nil {
+		t.deadLetters = map[string]int{}
+	}
+	t.deadLetters[reason]++
+	t.record(kindDeadLetter)
+}
+
+// committed adds a committed tally of aggregate type typ.
+func (m *metrics) committed(typ string, t *tally, at time.Time) {
+	for s, n := range t.statuses {
+		m.commands.WithLabelValues(typ, string(s)).Add(float64(n))
+	}
+	lat := m.commandLatency.WithLabelValues(typ)
+	for _, ts := range t.timestamps {
+		lat.Observe(max(at.Sub(ts), 0).Seconds())
+	}
+	if t.dedupeHits > 0 {
+		m.dedupeHits.WithLabelValues(typ).Add(float64(t.dedupeHits))
+	}
+	for r, n := range t.deadLetters {
+		m.deadLetters.WithLabelValues(typ, r).Add(float64(n))
+	}
+	for k, n := range t.records {
+		m.records.WithLabelValues(k).Add(float64(n))
+	}
+}
+
+// setLag records a partition's lag.
+func (m *metrics) setLag(topic string, p int32, lag int64) {
+	m.lag.WithLabelValues(topic, strconv.Itoa(int(p))).Set(float64(max(lag, 0)))
+}
+
+// forget drops the per-partition series of a partition no longer owned.
+func (m *metrics) forget(topic string, p int32) {
+	m.lag.DeleteLabelValues(topic, strconv.Itoa(int(p)))
+}
+
+// storeCollector reports the state store's figures at each scrape.
+type storeCollector struct{ s *statestore.Store }
+
+var (
+	storeSizeDesc = prometheus.NewDesc("decider_state_store_size_bytes",
+		"Disk space the state store takes.", nil, nil)
+	storeCacheBytesDesc = prometheus.NewDesc("decider_state_store_cache_size_bytes",
+		"Bytes in the state store's block cache.", nil, nil)
+	storeCacheDesc = prometheus.NewDesc("decider_state_store_cache_lookups_total",
+		"State store block cache lookups, by result (hit, miss); hit ÷ all is the hit ratio.", []string{"result"}, nil)
+)
+
+// Describe sends the descriptors of the store's metrics.
+func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- storeSizeDesc
+	ch <- storeCacheBytesDesc
+	ch <- storeCacheDesc
+}
+
+// Collect reads the store's figures.
+func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.s.Stats()
+	ch <- prometheus.MustNewConstMetric(storeSizeDesc, prometheus.GaugeValue, float64(st.DiskBytes))
+	ch <- prometheus.MustNewConstMetric(storeCacheBytesDesc, prometheus.GaugeValue, float64(st.CacheBytes))
+	ch <- prometheus.MustNewConstMetric(storeCacheDesc, prometheus.CounterValue, float64(st.CacheHits), "hit")
+	ch <- prometheus.MustNewConstMetric(storeCacheDesc, prometheus.CounterValue, float64(st.CacheMisses), "miss")
+}
