@@ -79,6 +79,9 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 			return
 		}
 	}
+	if err := pb.writeSnapshots(); err != nil {
+		b.abort(abortBatchFailed, err)
+	}
 }
 
 // apply writes the committed overlays to the store. A partition that was
@@ -99,6 +102,11 @@ func (b *batch) apply() error {
 		lock.Unlock()
 		if err != nil {
 			return err
+		}
+		if ok && cur == pb.a {
+			pb.overlay.Each(func(id string, e statestore.Entry) {
+				b.w.cache.put(pb.a, id, e.Decoded.(*aggState), len(e.Value))
+			})
 		}
 	}
 	return nil
@@ -145,6 +153,7 @@ type partBatch struct {
 	overlay *statestore.Overlay
 	next    atomic.Int64 // changelog offset after this batch's last snapshot
 	tally   tally        // for the metrics, once committed
+	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
 }
 
 // produce sends a record of kind in the batch's transaction.
@@ -154,8 +163,12 @@ func (pb *partBatch) produce(kind string, r *kgo.Record, onOffset func(int64)) {
 }
 
 // aggState is an aggregate as the worker holds it between commands.
+//
+// An aggState is never modified once made: the overlay, the cache and the
+// next command share it.
 type aggState struct {
 	state         any
+	stateBytes    []byte // state, encoded; nil until needed for the initial state
 	version       int64
 	commandOffset int64           // offset of the last command applied; -1 for none
 	recent        []schemas.Reply // the dedupe window, newest last
@@ -170,14 +183,20 @@ func (s *aggState) seen(commandID string) (schemas.Reply, bool) {
 	return schemas.Reply{}, false
 }
 
-// load returns an aggregate's state: the overlay's, else the store's, else
-// the initial state.
+// load returns an aggregate's state: the overlay's, else the cache's, else
+// the store's, else the initial state.
 func (pb *partBatch) load(id string) (*aggState, error) {
 	if e, ok := pb.overlay.Get(id); ok {
 		return e.Decoded.(*aggState), nil
 	}
+	w := pb.b.w
+	if st, ok := w.cache.get(pb.a, id); ok {
+		w.metrics.cacheHits.Inc()
+		return st, nil
+	}
+	w.metrics.cacheMisses.Inc()
 	agg := pb.a.agg
-	v, err := pb.b.w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
+	v, err := w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
 	if errors.Is(err, statestore.ErrNotFound) {
 		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
 	}
@@ -197,7 +216,7 @@ func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
-	return &aggState{state: state, version: snap.Version, commandOffset: snap.CommandOffset, recent: snap.Recent}, nil
+	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: snap.Recent}, nil
 }
 
 // handle decides one command and produces its outputs. An error aborts the
@@ -234,14 +253,15 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		// like any applied command instead of answered again.
 		again := *st
 		again.commandOffset = r.Offset
-		return pb.snapshot(id, &again, nil)
+		pb.stage(id, &again)
+		return nil
 	}
 	cmd, err := agg.DecodeCommand(c.typ, r.Value)
 	if err != nil {
 		return pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
 	}
 	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Version: st.version}
-	next := &aggState{state: st.state, version: st.version, commandOffset: r.Offset}
+	next := &aggState{state: st.state, stateBytes: st.stateBytes, version: st.version, commandOffset: r.Offset}
 	var d decision
 	var rejection topology.Rejection
 	switch {
@@ -261,7 +281,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			pb.deadLetter(r, reply.Reason, d.err.Error())
 		default:
 			reply.Status = schemas.Accepted
-			next.state = d.state
+			next.state, next.stateBytes = d.state, d.stateBytes
 			next.version += int64(len(d.events))
 			reply.Version, reply.Events = next.version, int32(len(d.events))
 			for i, e := range d.events {
@@ -274,9 +294,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
 	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)
-	if err := pb.snapshot(id, next, d.stateBytes); err != nil {
-		return err
-	}
+	pb.stage(id, next)
 	return pb.reply(ctx, c, reply)
 }
 
@@ -345,33 +363,51 @@ func decide(agg *topology.Aggregate, state, cmd any, maxRecord int) (d decision)
 	return d
 }
 
-// snapshot writes the aggregate's new snapshot to the changelog and the
-// overlay. stateBytes is the encoded state when the command changed it.
-func (pb *partBatch) snapshot(id string, s *aggState, stateBytes []byte) error {
+// stage makes s the aggregate's state for the rest of the batch. Its
+// snapshot is written once, at the end of the partition's batch, with the
+// last state staged (Kafka Streams' record cache coalesces the same way):
+// the changelog needs the state at each commit, not after each command.
+func (pb *partBatch) stage(id string, s *aggState) {
+	if _, ok := pb.overlay.Get(id); !ok {
+		pb.dirty = append(pb.dirty, id)
+	}
+	pb.overlay.Put(id, statestore.Entry{Decoded: s})
+}
+
+// writeSnapshots writes the snapshot of every aggregate staged in the
+// batch, to the changelog and the overlay.
+func (pb *partBatch) writeSnapshots() error {
 	agg := pb.a.agg
-	if stateBytes == nil {
-		var err error
-		if stateBytes, err = agg.EncodeState(s.state); err != nil {
-			return fmt.Errorf("encode state of %s: %w", id, err)
-		}
-	}
-	_, v, err := agg.Schemas().Encode(schemas.Snapshot{
-		AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: stateBytes, Recent: s.recent,
-	})
-	if err != nil {
-		return fmt.Errorf("encode snapshot of %s: %w", id, err)
-	}
-	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
-	pb.produce(kindSnapshot, &kgo.Record{
-		Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
-	}, func(off int64) {
-		for {
-			cur := pb.next.Load()
-			if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
-				return
+	for _, id := range pb.dirty {
+		e, _ := pb.overlay.Get(id)
+		s := e.Decoded.(*aggState)
+		if s.stateBytes == nil { // the initial state
+			enc, err := agg.EncodeState(s.state)
+			if err != nil {
+				return fmt.Errorf("encode state of %s: %w", id, err)
 			}
+			withBytes := *s
+			withBytes.stateBytes = enc
+			s = &withBytes
 		}
-	})
+		_, v, err := agg.Schemas().Encode(schemas.Snapshot{
+			AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: s.stateBytes, Recent: s.recent,
+		})
+		if err != nil {
+			return fmt.Errorf("encode snapshot of %s: %w", id, err)
+		}
+		pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
+		pb.produce(kindSnapshot, &kgo.Record{
+			Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
+		}, func(off int64) {
+			for {
+				cur := pb.next.Load()
+				if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
+					return
+				}
+			}
+		})
+	}
 	return nil
 }
 

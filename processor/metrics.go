@@ -27,6 +27,8 @@ type metrics struct {
 	restoreRecords  *prometheus.CounterVec
 	restoreDuration *prometheus.HistogramVec
 	lag             *prometheus.GaugeVec
+	cacheHits       prometheus.Counter
+	cacheMisses     prometheus.Counter
 }
 
 // Kinds of records produced (label "kind" of decider_records_produced_total).
@@ -43,7 +45,7 @@ var latencyBuckets = prometheus.ExponentialBuckets(0.0001, 2.5, 16)
 
 // newMetrics makes the metrics and registers them with reg, if not nil;
 // ready is the worker's readiness.
-func newMetrics(reg prometheus.Registerer, store *statestore.Store, ready func() (bool, string)) *metrics {
+func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *stateCache, ready func() (bool, string)) *metrics {
 	const ns = "decider"
 	m := &metrics{
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "commands_total",
@@ -87,7 +89,14 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, ready func()
 			Help: "Commands behind the high watermark of each owned partition, as of the last poll."},
 			[]string{"topic", "partition"}),
 	}
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "state_cache_lookups_total",
+		Help: "Lookups of aggregates in the decoded-state cache in front of the store, by result (hit, miss); hit ÷ all is the hit ratio."},
+		[]string{"result"})
+	m.cacheHits, m.cacheMisses = lookups.WithLabelValues("hit"), lookups.WithLabelValues("miss")
 	if reg != nil {
+		cacheSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "state_cache_size_bytes",
+			Help: "Estimated bytes held by the decoded-state cache (bounded by its configured size)."},
+			func() float64 { return float64(cache.size()) })
 		readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the worker is a member of its group with every assigned partition restored (/readyz)."},
 			func() float64 {
@@ -98,7 +107,7 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, ready func()
 			})
 		reg.MustRegister(m.commands, m.commandLatency, m.decide, m.dedupeHits, m.deadLetters, m.records,
 			m.batchCommands, m.txnDuration, m.transactions, m.aborts, m.owned, m.restoreRecords,
-			m.restoreDuration, m.lag, readyGauge, storeCollector{store})
+			m.restoreDuration, m.lag, lookups, cacheSize, readyGauge, storeCollector{store})
 	}
 	return m
 }

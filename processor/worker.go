@@ -46,6 +46,10 @@ type Config struct {
 	// of a record the broker refuses, which would fail every transaction.
 	// Keep it below the topics' max.message.bytes. Default 1000000.
 	MaxRecordBytes int
+	// StateCacheBytes bounds the cache of decoded aggregates in front of the
+	// state store (an estimate from their encoded size). Default 64 MiB;
+	// negative disables it.
+	StateCacheBytes int64
 	// DedupeWindow is how many recent replies each aggregate's snapshot
 	// keeps: a command id seen again within them gets its first reply again
 	// and writes nothing. Default 32; negative disables it.
@@ -100,6 +104,7 @@ type Worker struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
+	cache   *stateCache
 	sess    *kgo.GroupTransactSession // set under mu, for Ready
 	adm     *kadm.Client
 	topics  *topicCache
@@ -146,6 +151,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.MaxRecordBytes <= snapshotOverhead {
 		cfg.MaxRecordBytes = 1000000
 	}
+	if cfg.StateCacheBytes == 0 {
+		cfg.StateCacheBytes = 64 << 20
+	}
 	if cfg.DedupeWindow == 0 {
 		cfg.DedupeWindow = 32
 	}
@@ -164,7 +172,8 @@ func New(cfg Config) (*Worker, error) {
 		parts:   map[partitionKey]*assigned{},
 		applied: make(chan struct{}),
 	}
-	w.metrics = newMetrics(cfg.Registerer, cfg.Store, w.Ready)
+	w.cache = newStateCache(cfg.StateCacheBytes)
+	w.metrics = newMetrics(cfg.Registerer, cfg.Store, w.cache, w.Ready)
 	return w, nil
 }
 
