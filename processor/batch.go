@@ -448,7 +448,7 @@ func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) e
 	w := pb.b.w
 	n, err := w.topics.partitions(ctx, c.replyTo)
 	if errors.Is(err, errNoTopic) {
-		w.log.Warn("reply dropped: the reply topic does not exist", "command", c.id, "topic", c.replyTo)
+		w.log.Debug("reply dropped: the reply topic does not exist", "command", c.id, "topic", c.replyTo)
 		return nil
 	}
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -90,6 +91,7 @@ func (a *assigned) resume() {
 // transaction, again and again).
 type topicCache struct {
 	adm *kadm.Client
+	log *slog.Logger
 	mu  sync.Mutex
 	m   map[string]topicInfo
 }
@@ -109,8 +111,8 @@ const (
 
 var errNoTopic = errors.New("topic does not exist")
 
-func newTopicCache(adm *kadm.Client) *topicCache {
-	return &topicCache{adm: adm, m: map[string]topicInfo{}}
+func newTopicCache(adm *kadm.Client, log *slog.Logger) *topicCache {
+	return &topicCache{adm: adm, log: log, m: map[string]topicInfo{}}
 }
 
 // forget drops what is known of topic, so that the next reply to it looks
@@ -142,6 +144,8 @@ func (c *topicCache) partitions(ctx context.Context, topic string) (int32, error
 	switch {
 	case err == nil && ok && errors.Is(d.Err, kerr.UnknownTopicOrPartition):
 		ti.err = fmt.Errorf("%w: %s", errNoTopic, topic)
+		// Once per missingTTL, not per command.
+		c.log.Warn("a reply topic does not exist; replies to it are dropped", "topic", topic)
 	case err == nil && ok && d.Err == nil && len(d.Partitions) > 0:
 		ti.partitions = int32(len(d.Partitions))
 	default: // not cached: the broker may answer soon

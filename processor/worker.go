@@ -246,7 +246,7 @@ func (w *Worker) session(ctx context.Context) error {
 	w.sess = sess
 	w.mu.Unlock()
 	w.adm = kadm.NewClient(sess.Client())
-	w.topics = newTopicCache(w.adm)
+	w.topics = newTopicCache(w.adm, w.log)
 	defer func() {
 		w.mu.Lock()
 		w.stopRestores() // the session's revoke callback may be skipped
