@@ -420,18 +420,25 @@ func (pb *partBatch) event(c *command, id string, v int64, e encoded) *kgo.Recor
 	}
 }
 
+// Header values the same on every record; records share them (the client
+// only reads them).
+var (
+	specVersionValue = []byte(schemas.SpecVersion)
+	contentTypeValue = []byte(schemas.ContentType)
+)
+
 // headers are the CloudEvents headers of what a worker emits for c.
 func (pb *partBatch) headers(c *command, ceID, ceType, subject, version string) []kgo.RecordHeader {
 	return []kgo.RecordHeader{
-		{Key: schemas.HeaderSpecVersion, Value: []byte(schemas.SpecVersion)},
+		{Key: schemas.HeaderSpecVersion, Value: specVersionValue},
 		{Key: schemas.HeaderID, Value: []byte(ceID)},
 		{Key: schemas.HeaderType, Value: []byte(ceType)},
-		{Key: schemas.HeaderSource, Value: []byte(pb.a.source)},
+		{Key: schemas.HeaderSource, Value: pb.a.sourceValue},
 		{Key: schemas.HeaderSubject, Value: []byte(subject)},
-		{Key: schemas.HeaderTime, Value: []byte(c.time)},
-		{Key: schemas.HeaderContentType, Value: []byte(schemas.ContentType)},
-		{Key: schemas.HeaderCorrelationID, Value: []byte(c.correlationID)},
-		{Key: schemas.HeaderCausationID, Value: []byte(c.id)},
+		{Key: schemas.HeaderTime, Value: c.rawTime},
+		{Key: schemas.HeaderContentType, Value: contentTypeValue},
+		{Key: schemas.HeaderCorrelationID, Value: c.rawCorrelationID},
+		{Key: schemas.HeaderCausationID, Value: c.rawID},
 		{Key: schemas.HeaderAggregateVersion, Value: []byte(version)},
 	}
 }

@@ -24,6 +24,10 @@ type command struct {
 
 	expectedVersion int64     // ce_expectedversion; -1 when absent
 	deadline        time.Time // ce_deadline; zero when absent
+
+	// The header values copied onto everything emitted for the command, as
+	// read, so that each record reuses them rather than converting again.
+	rawID, rawCorrelationID, rawTime []byte
 }
 
 // Bounds on what a command carries into every record the worker writes for
@@ -61,7 +65,7 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 		case schemas.HeaderSpecVersion:
 			specVersion = v
 		case schemas.HeaderID:
-			c.id = v
+			c.id, c.rawID = v, h.Value
 		case schemas.HeaderType:
 			c.typ = v
 		case schemas.HeaderSource:
@@ -73,9 +77,9 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 				c.replyPartition = int32(p)
 			}
 		case schemas.HeaderCorrelationID:
-			c.correlationID = v
+			c.correlationID, c.rawCorrelationID = v, h.Value
 		case schemas.HeaderTime:
-			c.time = v
+			c.time, c.rawTime = v, h.Value
 		case schemas.HeaderExpectedVersion:
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n < 0 {
@@ -98,7 +102,7 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 	case len(c.id) > maxIDBytes:
 		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderID, maxIDBytes)
 	case len(c.correlationID) > maxIDBytes:
-		c.correlationID = ""
+		c.correlationID, c.rawCorrelationID = "", nil
 		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderCorrelationID, maxIDBytes)
 	case len(r.Key) > maxKeyBytes:
 		badHeader = invalid("too_large", "a key of %d bytes exceeds the limit of %d", len(r.Key), maxKeyBytes)
@@ -106,10 +110,11 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 		badHeader = invalid("too_large", "headers of %d bytes exceed the limit of %d", headerBytes, maxHeaderBytes)
 	}
 	if c.correlationID == "" {
-		c.correlationID = c.id
+		c.correlationID, c.rawCorrelationID = c.id, c.rawID
 	}
 	if c.time == "" {
 		c.time = r.Timestamp.UTC().Format(time.RFC3339Nano)
+		c.rawTime = []byte(c.time)
 	}
 	switch {
 	case len(r.Key) == 0:

@@ -19,12 +19,12 @@ import (
 // assigned is one assignment of a commands partition to this worker, from
 // onAssigned to onRevoked. A partition assigned again gets a new one.
 type assigned struct {
-	w      *Worker
-	cl     *kgo.Client // the session's client, whose fetching of the partition waits for the restore
-	agg    *topology.Aggregate
-	key    partitionKey
-	topics topology.Topics
-	source string // ce_source of what the worker emits: "A/T"
+	w           *Worker
+	cl          *kgo.Client // the session's client, whose fetching of the partition waits for the restore
+	agg         *topology.Aggregate
+	key         partitionKey
+	topics      topology.Topics
+	sourceValue []byte // ce_source of what the worker emits: "A/T"
 
 	ctx    context.Context // cancelled on revoke
 	cancel context.CancelFunc
@@ -38,7 +38,7 @@ func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *a
 	topics := w.cfg.App.Topics(agg)
 	return &assigned{
 		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
-		source: w.cfg.App.Source(agg), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
+		sourceValue: []byte(w.cfg.App.Source(agg)), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
 		decideTime: w.metrics.decide.WithLabelValues(agg.Name()),
 	}
 }
