@@ -151,9 +151,10 @@ type partBatch struct {
 	b       *batch
 	a       *assigned
 	overlay *statestore.Overlay
-	next    atomic.Int64 // changelog offset after this batch's last snapshot
-	tally   tally        // for the metrics, once committed
-	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
+	next    atomic.Int64    // changelog offset after this batch's last snapshot
+	tally   tally           // for the metrics, once committed
+	dirty   []string        // aggregates whose snapshot is to be written, in the order first touched
+	replies []schemas.Reply // scratch for the dedupe window of the snapshot being encoded
 }
 
 // produce sends a record of kind in the batch's transaction.
@@ -170,17 +171,8 @@ type aggState struct {
 	state         any
 	stateBytes    []byte // state, encoded; nil until needed for the initial state
 	version       int64
-	commandOffset int64           // offset of the last command applied; -1 for none
-	recent        []schemas.Reply // the dedupe window, newest last
-}
-
-func (s *aggState) seen(commandID string) (schemas.Reply, bool) {
-	for i := len(s.recent) - 1; i >= 0; i-- {
-		if s.recent[i].CommandID == commandID {
-			return s.recent[i], true
-		}
-	}
-	return schemas.Reply{}, false
+	commandOffset int64   // offset of the last command applied; -1 for none
+	recent        *recent // the dedupe window
 }
 
 // load returns an aggregate's state: the overlay's, else the cache's, else
@@ -216,7 +208,7 @@ func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
-	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: snap.Recent}, nil
+	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(snap.Recent)}, nil
 }
 
 // handle decides one command and produces its outputs. An error aborts the
@@ -241,7 +233,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		w.log.Debug("command already applied", "id", c.id, "offset", r.Offset, "applied_through", st.commandOffset)
 		return nil
 	}
-	if prev, ok := st.seen(c.id); ok {
+	if prev, ok := st.recent.find(c.id, w.cfg.DedupeWindow); ok {
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
 		pb.tally.dedupeHits++
 		pb.tally.command(prev.Status, r.Timestamp)
@@ -293,21 +285,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
-	next.recent = window(st.recent, reply, w.cfg.DedupeWindow)
+	next.recent = st.recent.add(reply, w.cfg.DedupeWindow)
 	pb.stage(id, next)
 	return pb.reply(ctx, c, reply)
-}
-
-// window appends r to the dedupe window, keeping the newest n.
-func window(recent []schemas.Reply, r schemas.Reply, n int) []schemas.Reply {
-	if n <= 0 {
-		return nil
-	}
-	out := make([]schemas.Reply, 0, min(len(recent)+1, n))
-	if drop := len(recent) + 1 - n; drop > 0 {
-		recent = recent[drop:]
-	}
-	return append(append(out, recent...), r)
 }
 
 // snapshotOverhead bounds what a snapshot record adds to its state: the
@@ -390,8 +370,9 @@ func (pb *partBatch) writeSnapshots() error {
 			withBytes.stateBytes = enc
 			s = &withBytes
 		}
+		pb.replies = s.recent.appendTo(pb.replies[:0], pb.b.w.cfg.DedupeWindow)
 		_, v, err := agg.Schemas().Encode(schemas.Snapshot{
-			AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: s.stateBytes, Recent: s.recent,
+			AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: s.stateBytes, Recent: pb.replies,
 		})
 		if err != nil {
 			return fmt.Errorf("encode snapshot of %s: %w", id, err)

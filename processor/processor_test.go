@@ -131,7 +131,7 @@ func TestCommandsToRepliesEventsAndSnapshots(t *testing.T) {
 			t.Errorf("snapshot of %s = %+v v%d, want %+v v%d", id, st.state, st.version, m.state[id], m.ver[id])
 		}
 	}
-	if st, ok := latest["never-opened"]; !ok || st.version != 0 || len(st.recent) != 1 {
+	if st, ok := latest["never-opened"]; !ok || st.version != 0 || st.recent.len() != 1 {
 		t.Errorf("a rejected command on an aggregate with no events must leave a snapshot at version 0 remembering its reply, got %+v", st)
 	}
 	errIsNil(t, w.stop())

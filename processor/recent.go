@@ -1,0 +1,69 @@
+package processor
+
+import "github.com/deciderhq/decider/schemas"
+
+// recent is an aggregate's dedupe window: its latest replies, newest first,
+// as an immutable list that states share. Adding a reply makes one node
+// instead of copying the window; a list grown to twice the window's size
+// is cut back to it, so each add costs O(1) amortised and the memory held
+// is bounded.
+type recent struct {
+	reply schemas.Reply
+	older *recent
+	n     int // nodes in this list, this one included
+}
+
+// add returns the window with r added, keeping at least the newest size
+// replies; size <= 0 keeps none.
+func (l *recent) add(r schemas.Reply, size int) *recent {
+	if size <= 0 {
+		return nil
+	}
+	if l.len() >= 2*size {
+		l = l.cut(size - 1)
+	}
+	return &recent{reply: r, older: l, n: l.len() + 1}
+}
+
+func (l *recent) len() int {
+	if l == nil {
+		return 0
+	}
+	return l.n
+}
+
+// cut returns a fresh list of the newest n replies of l.
+func (l *recent) cut(n int) *recent {
+	if n <= 0 || l == nil {
+		return nil
+	}
+	return &recent{reply: l.reply, older: l.older.cut(n - 1), n: min(n, l.n)}
+}
+
+// find returns the reply to commandID among the newest size.
+func (l *recent) find(commandID string, size int) (schemas.Reply, bool) {
+	for ; l != nil && size > 0; l, size = l.older, size-1 {
+		if l.reply.CommandID == commandID {
+			return l.reply, true
+		}
+	}
+	return schemas.Reply{}, false
+}
+
+// appendTo appends the newest size replies to out, oldest first: the
+// order of decider.Snapshot's recent.
+func (l *recent) appendTo(out []schemas.Reply, size int) []schemas.Reply {
+	if l == nil || size <= 0 {
+		return out
+	}
+	return append(l.older.appendTo(out, size-1), l.reply)
+}
+
+// recentOf makes the window of a decoded snapshot's replies, oldest first.
+func recentOf(replies []schemas.Reply) *recent {
+	var l *recent
+	for _, r := range replies {
+		l = &recent{reply: r, older: l, n: l.len() + 1}
+	}
+	return l
+}
