@@ -7,8 +7,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -127,6 +129,9 @@ func connect(ctx context.Context, kafka []kgo.Opt) (*kgo.Client, error) {
 	defer cancel()
 	if err := cl.Ping(ctx); err != nil {
 		cl.Close()
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			err = fmt.Errorf("%w (the broker closed the connection: it refused the SASL mechanism, user or password, or the TLS client certificate, or it wants TLS)", err)
+		}
 		return nil, fmt.Errorf("connect to the Kafka cluster (check --brokers, --tls-*, --sasl-*): %w", err)
 	}
 	return cl, nil
