@@ -27,6 +27,17 @@ func exampleApp(name string, n int32) (*topology.App, error) {
 	return topology.NewApp(name, agg)
 }
 
+// evolve applies event to state with the domain's Evolve; a panic in it is
+// an error.
+func evolve(agg *topology.Aggregate, state, event any) (next any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			next, err = nil, fmt.Errorf("evolve panicked: %v", p)
+		}
+	}()
+	return agg.Evolve(state, event), nil
+}
+
 // discoverApp returns app name with the example's aggregate type, with the
 // partition count its commands topic has.
 func discoverApp(ctx context.Context, adm *kadm.Client, name string) (*topology.App, error) {

@@ -895,7 +895,7 @@ func (pc *partCheck) event(r *kgo.Record) {
 
 // fold decodes an event and, while the fold is sound, applies it. A panic
 // in the domain's Evolve is an error.
-func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) (err error) {
+func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) error {
 	name, ok := pc.types[string(typ)]
 	if !ok {
 		name = string(typ)
@@ -908,13 +908,8 @@ func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) (err error) {
 	if err != nil || a.broken {
 		return err
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("evolve panicked: %v", p)
-		}
-	}()
-	a.state = agg.Evolve(a.state, ev)
-	return nil
+	a.state, err = evolve(agg, a.state, ev)
+	return err
 }
 
 // parseVersion reads a version header: a decimal integer >= 1.
