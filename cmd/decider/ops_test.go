@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"io"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -408,5 +410,78 @@ func TestReset(t *testing.T) {
 	}
 	if ev, rep := tailLines(t, ctx, addr, "events"), tailLines(t, ctx, addr, "replies"); len(ev) != 5 || len(rep) != 5 {
 		t.Fatalf("after the replay: %d events and %d replies, want 5 and 5 (3 commands before, 2 after)", len(ev), len(rep))
+	}
+}
+
+// Every command's --help shows its examples and its flags with their
+// environment variables, the Kafka connection flags where it talks to
+// Kafka; a command with an action (topics create) takes --help after it too.
+func TestHelp(t *testing.T) {
+	kafka := map[string]bool{"send": true, "run": true, "verify": true, "topics": true, "tail": true, "inspect": true, "rebuild": true, "reset": true}
+	actions := map[string]string{"topics": "create", "tail": "events", "rebuild": "snapshots"}
+	for name := range commands() {
+		args := [][]string{{name, "--help"}}
+		if a, ok := actions[name]; ok {
+			args = append(args, []string{name, a, "--help"})
+		}
+		for _, a := range args {
+			var err error
+			help := stderrOf(t, func() { err = dispatch(context.Background(), a, io.Discard) })
+			if !errors.Is(err, flag.ErrHelp) {
+				t.Errorf("decider %v: %v, want flag.ErrHelp", a, err)
+			}
+			want := []string{"decider " + name + ": ", "\nExamples:\n  ", "DECIDER_<FLAG>"}
+			if kafka[name] {
+				want = append(want, "-brokers", "-tls-ca", "-tls-cert", "-sasl-mechanism", "-sasl-password")
+			}
+			for _, w := range want {
+				if !strings.Contains(help, w) {
+					t.Errorf("decider %v does not say %q:\n%s", a, w, help)
+				}
+			}
+		}
+	}
+}
+
+// stderrOf returns what fn wrote to os.Stderr.
+func stderrOf(t *testing.T, fn func()) string {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := os.Stderr
+	os.Stderr = f
+	fn()
+	os.Stderr = old
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// The progress of rebuild: a bar redrawn in place on a terminal, a line
+// per step elsewhere.
+func TestProgress(t *testing.T) {
+	var plain strings.Builder
+	p := newProgress(&plain, "rebuild bank/account", 2)
+	p.detail("partition 0: 65536 records read")
+	p.step("partition 0: done")
+	p.step("partition 1: done")
+	p.end()
+	if plain.String() != "partition 0: done\npartition 1: done\n" {
+		t.Errorf("not a terminal: %q", plain.String())
+	}
+	var tty strings.Builder
+	p = &progress{w: &tty, tty: true, label: "rebuild", total: 2}
+	p.step("partition 0: done")
+	p.detail("partition 1: 65536 records read")
+	p.end()
+	want := "\r\033[Krebuild [###############               ] 1/2 " +
+		"\r\033[Krebuild [###############               ] 1/2 partition 1: 65536 records read\n"
+	if tty.String() != want {
+		t.Errorf("terminal: %q\nwant %q", tty.String(), want)
 	}
 }

@@ -38,6 +38,7 @@ across restarts.
 Examples:
   decider run --brokers localhost:9092 --data-dir /var/lib/decider
   DECIDER_BROKERS=k1:9092,k2:9092 decider run --data-dir ./w2 --http 127.0.0.1:8081
+  DECIDER_SASL_PASSWORD=… decider run --brokers k1:9093 --tls-ca ca.pem --sasl-mechanism SCRAM-SHA-512 --sasl-user bank
 `
 
 // workerFlags are the flags shared by run and dev.

@@ -40,7 +40,7 @@ with it, it prints new records as they are committed until interrupted.
 Examples:
   decider tail events --id acc-1
   decider tail replies --from end --follow
-  decider tail dlq --brokers k1:9092 --app bank | jq 'select(.headers.decider_dlq_reason == "invalid_payload")'
+  decider tail dlq --brokers k1:9092 --app bank | jq 'select(.headers.decider_dlq_reason == "handler_panic")'
   decider tail snapshots --aggregate account --from 1200
 `
 
