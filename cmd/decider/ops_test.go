@@ -240,6 +240,10 @@ func TestRebuild(t *testing.T) {
 	if _, err := decider(ctx, "rebuild", "snapshots", "--brokers", addr, "--yes"); !errors.Is(err, errActiveMembers) || !strings.Contains(err.Error(), "stop every worker") {
 		t.Fatalf("rebuild with a worker running: %v, want a refusal", err)
 	}
+	if out, err := decider(ctx, "rebuild", "snapshots", "--brokers", addr); err != nil || !strings.HasPrefix(out, "warning: the consumer group has active members") ||
+		!strings.Contains(out, "0 snapshots differ from the fold") {
+		t.Fatalf("rebuild dry run with a worker running: %v\n%s", err, out)
+	}
 	stop()
 
 	app, err := accounts.App(4)

@@ -34,10 +34,10 @@ unchanged. Each partition's new snapshots are written in one transaction.
 Without --yes it is a dry run: it folds and counts the snapshots that
 differ, and writes nothing.
 
-Stop every worker first: rebuild refuses while the app's consumer group
-(the app's name) has members, and checks again before each partition's
-transaction; a worker started during a rebuild may decide commands on a
-state the rebuild then overwrites. It also refuses when the events topic no
+Stop every worker first: rebuild --yes refuses while the app's consumer
+group (the app's name) has members (a dry run only warns), and checks again
+before each partition's transaction; a worker started during a rebuild may
+decide commands on a state the rebuild then overwrites. It also refuses when the events topic no
 longer starts at offset 0 (retention deleted events: the fold would lose
 them).
 
@@ -77,7 +77,10 @@ func runRebuild(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	if err := checkNoMembers(ctx, adm, app.Group()); err != nil {
-		return fmt.Errorf("rebuild refused: %w", err)
+		if *yes {
+			return fmt.Errorf("rebuild refused: %w", err)
+		}
+		fmt.Fprintf(stdout, "warning: %v\n", err)
 	}
 	rb := &rebuild{kafka: kafka, adm: adm, app: app}
 	if *yes {
