@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 const devUsage = `Starts everything on this machine with zero setup: an embedded
@@ -28,7 +30,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer c.Close()
-	return wf.run(ctx, []string{*listen}, func() {
+	return wf.run(ctx, []kgo.Opt{kgo.SeedBrokers(*listen)}, func() {
 		fmt.Fprintf(stdout, `decider dev: broker on %[1]s, worker of app "bank", data in %[2]s
 
 Try, in another terminal:

@@ -1,6 +1,8 @@
 // Command decider runs and operates decider apps: an embedded development
 // setup (dev), a worker against any Kafka cluster (run), a standalone
-// embedded broker (broker), and a command sender (send).
+// embedded broker (broker), a command sender (send), and the operator's
+// tools for any Kafka cluster: topics, tail, inspect, rebuild, reset and
+// verify.
 //
 // Every flag can also be set by an environment variable: --data-dir is
 // DECIDER_DATA_DIR, --brokers is DECIDER_BROKERS, and so on. A flag given on
@@ -32,11 +34,16 @@ type command struct {
 // commands returns the subcommands by name.
 func commands() map[string]command {
 	return map[string]command{
-		"dev":    {"embedded broker + worker of the example app, zero setup", devUsage, runDev},
-		"run":    {"a worker of app bank against a Kafka cluster", runUsage, runWorker},
-		"send":   {"send one command and print its reply", sendUsage, runSend},
-		"broker": {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
-		"verify": {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
+		"dev":     {"embedded broker + worker of the example app, zero setup", devUsage, runDev},
+		"run":     {"a worker of app bank against a Kafka cluster", runUsage, runWorker},
+		"send":    {"send one command and print its reply", sendUsage, runSend},
+		"broker":  {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
+		"verify":  {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
+		"topics":  {"create, describe or verify an app's topics", topicsUsage, runTopics},
+		"tail":    {"print the records of one of an app's topics as JSON lines", tailUsage, runTail},
+		"inspect": {"print an aggregate's latest snapshot (and a local store's copy)", inspectUsage, runInspect},
+		"rebuild": {"rebuild the snapshots from the events (after a fix in Evolve)", rebuildUsage, runRebuild},
+		"reset":   {"move the consumer group's offsets on the commands topics", resetUsage, runReset},
 	}
 }
 
@@ -129,6 +136,23 @@ func parse(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+// parseAction parses the args of a command whose first argument is an
+// action (topics create, tail events): it returns the action, one of
+// actions, and parses the flags after it. --help works with or without an
+// action.
+func parseAction(fs *flag.FlagSet, args []string, actions ...string) (string, error) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if err := parse(fs, args); err != nil {
+			return "", err
+		}
+		return "", fmt.Errorf("%s: say what to do first, one of %s", fs.Name(), strings.Join(actions, ", "))
+	}
+	if !slices.Contains(actions, args[0]) {
+		return "", fmt.Errorf("%s %q: want one of %s", fs.Name(), args[0], strings.Join(actions, ", "))
+	}
+	return args[0], parse(fs, args[1:])
 }
 
 // logFlags adds --log-level and --log-format and returns a function that

@@ -40,6 +40,7 @@ across restarts.
 Examples:
   decider run --brokers localhost:9092 --data-dir /var/lib/decider
   DECIDER_BROKERS=k1:9092,k2:9092 decider run --data-dir ./w2 --http 127.0.0.1:8081
+  DECIDER_SASL_PASSWORD=… decider run --brokers k1:9093 --tls-ca ca.pem --sasl-mechanism SCRAM-SHA-512 --sasl-user bank
 `
 
 // workerFlags are the flags shared by run and dev.
@@ -71,33 +72,26 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 
 func runWorker(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("run")
-	brokers := fs.String("brokers", "localhost:9092", "comma-separated seed brokers")
+	kafkaOpts := kafkaFlags(fs)
 	wf := addWorkerFlags(fs, "")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	return wf.run(ctx, splitBrokers(*brokers), nil)
-}
-
-func splitBrokers(s string) []string {
-	var out []string
-	for _, b := range strings.Split(s, ",") {
-		if b = strings.TrimSpace(b); b != "" {
-			out = append(out, b)
-		}
+	kafka, err := kafkaOpts()
+	if err != nil {
+		return err
 	}
-	return out
+	return wf.run(ctx, kafka, nil)
 }
 
 // run creates the app's topics and runs a worker until ctx ends. started,
 // if set, is called once the topics exist and the worker is starting.
-func (wf workerFlags) run(ctx context.Context, brokers []string, started func()) error {
+func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) error {
 	log := wf.logger()
 	app, err := accounts.App(int32(*wf.partitions))
 	if err != nil {
 		return err
 	}
-	kafka := []kgo.Opt{kgo.SeedBrokers(brokers...)}
 	if err := ensureTopics(ctx, kafka, app); err != nil {
 		return err
 	}
@@ -151,7 +145,7 @@ func (wf workerFlags) run(ctx context.Context, brokers []string, started func())
 
 // ensureTopics creates the app's missing topics with a client of its own.
 func ensureTopics(ctx context.Context, kafka []kgo.Opt, app *topology.App) error {
-	cl, err := kgo.NewClient(kafka...)
+	cl, err := connect(ctx, kafka)
 	if err != nil {
 		return err
 	}

@@ -13,7 +13,6 @@ import (
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
-	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 const sendUsage = `Sends one command to an aggregate, waits for its reply and prints it as
@@ -28,7 +27,7 @@ Examples:
 
 func runSend(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("send")
-	brokers := fs.String("brokers", "localhost:9092", "comma-separated seed brokers")
+	kafkaOpts := kafkaFlags(fs)
 	app := fs.String("app", "bank", "app name")
 	aggregate := fs.String("aggregate", accounts.Name, "aggregate type")
 	id := fs.String("id", "", "aggregate id (the command's key)")
@@ -57,7 +56,16 @@ func runSend(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--data: %w", err)
 	}
-	c, err := client.New(client.Config{App: *app, Kafka: []kgo.Opt{kgo.SeedBrokers(splitBrokers(*brokers)...)}, Schemas: agg.Schemas(), Source: "decider-cli"})
+	kafka, err := kafkaOpts()
+	if err != nil {
+		return err
+	}
+	cl, err := connect(ctx, kafka) // a clear error now, not a timeout waiting for the reply
+	if err != nil {
+		return err
+	}
+	cl.Close()
+	c, err := client.New(client.Config{App: *app, Kafka: kafka, Schemas: agg.Schemas(), Source: "decider-cli"})
 	if err != nil {
 		return err
 	}

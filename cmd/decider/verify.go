@@ -16,7 +16,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
 	"github.com/hamba/avro/v2"
@@ -82,15 +81,23 @@ const defaultVerifyParallel = 4
 
 func runVerify(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("verify")
-	brokers := fs.String("brokers", "localhost:9092", "comma-separated seed brokers")
+	kafkaOpts := kafkaFlags(fs)
 	appName := fs.String("app", "bank", "app name")
 	parallel := fs.Int("parallel", defaultVerifyParallel, "partitions checked at once (memory grows with it)")
 	examples := fs.Int("examples", 100, "violations printed per class (all are counted)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	kafka := []kgo.Opt{kgo.SeedBrokers(splitBrokers(*brokers)...)}
-	app, err := verifyApp(ctx, kafka, *appName)
+	kafka, err := kafkaOpts()
+	if err != nil {
+		return err
+	}
+	cl, err := connect(ctx, kafka)
+	if err != nil {
+		return err
+	}
+	app, err := discoverApp(ctx, kadm.NewClient(cl), *appName)
+	cl.Close()
 	if err != nil {
 		return err
 	}
@@ -106,35 +113,6 @@ func runVerify(ctx context.Context, args []string, stdout io.Writer) error {
 		return &exitCodeError{code: 4, err: err}
 	}
 	return nil
-}
-
-// verifyApp returns app name with the example's aggregate type, with the
-// partition count its commands topic has.
-func verifyApp(ctx context.Context, kafka []kgo.Opt, name string) (*topology.App, error) {
-	cl, err := kgo.NewClient(kafka...)
-	if err != nil {
-		return nil, err
-	}
-	defer cl.Close()
-	topic := topology.TopicsOf(name, accounts.Name).Commands
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	details, err := kadm.NewClient(cl).ListTopics(ctx, topic)
-	if err != nil {
-		return nil, fmt.Errorf("list topic %s: %w", topic, err)
-	}
-	d, ok := details[topic]
-	if !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition) {
-		return nil, fmt.Errorf("%w: %s (is --app right?)", topology.ErrMissingTopic, topic)
-	}
-	if d.Err != nil {
-		return nil, fmt.Errorf("topic %s: %w", topic, d.Err)
-	}
-	agg, err := accounts.Aggregate(int32(len(d.Partitions)))
-	if err != nil {
-		return nil, err
-	}
-	return topology.NewApp(name, agg)
 }
 
 // errViolations is wrapped by the error verify returns when a check failed.
@@ -347,93 +325,14 @@ func (v *verifier) firstLost(k uint64) bool {
 	return true
 }
 
-// span is the offsets [start, end) of one partition to read.
-type span struct{ start, end int64 }
-
-type topicPartition struct {
-	topic     string
-	partition int32
-}
-
-// read reads spans of topic partitions, read_committed, calling handle for
-// every record (not control records) in partition order; records of
-// different partitions interleave. handle must not keep r.
+// read reads spans as readSpans does, noting where it stopped for want of
+// records.
 func (v *verifier) read(ctx context.Context, spans map[string]map[int32]span, handle func(r *kgo.Record)) error {
-	offsets := map[string]map[int32]kgo.Offset{}
-	pending := map[topicPartition]int64{}
-	for topic, ps := range spans {
-		for p, s := range ps {
-			if s.end <= s.start {
-				continue
-			}
-			if offsets[topic] == nil {
-				offsets[topic] = map[int32]kgo.Offset{}
-			}
-			offsets[topic][p] = kgo.NewOffset().At(s.start)
-			pending[topicPartition{topic, p}] = s.end
-		}
+	stalled, err := readSpans(ctx, v.kafka, spans, v.cfg.idle, handle)
+	for tp, end := range stalled {
+		v.note("%s/%d: nothing more read for %v before end offset %d (an open transaction?): records after the last one read are not checked", tp.topic, tp.partition, v.cfg.idle, end)
 	}
-	if len(pending) == 0 {
-		return nil
-	}
-	cl, err := kgo.NewClient(append(v.kafka[:len(v.kafka):len(v.kafka)],
-		kgo.ConsumePartitions(offsets),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.KeepControlRecords(),
-		kgo.FetchMaxBytes(32<<20),
-		kgo.FetchMaxPartitionBytes(8<<20),
-		kgo.FetchMaxWait(500*time.Millisecond),
-	)...)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	for len(pending) > 0 {
-		pctx, cancel := context.WithTimeout(ctx, v.cfg.idle)
-		f := cl.PollFetches(pctx)
-		cancel()
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if f.NumRecords() == 0 && pctx.Err() != nil {
-			// Trailing records of an aborted transaction while another one is
-			// open are never delivered: a live app. Say where it stopped.
-			for tp, end := range pending {
-				v.note("%s/%d: nothing more read for %v before end offset %d (an open transaction?): records after the last one read are not checked", tp.topic, tp.partition, v.cfg.idle, end)
-			}
-			return nil
-		}
-		var ferr error
-		f.EachError(func(topic string, p int32, err error) {
-			if ferr == nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				ferr = fmt.Errorf("read %s/%d: %w", topic, p, err)
-			}
-		})
-		if ferr != nil {
-			return ferr
-		}
-		f.EachPartition(func(fp kgo.FetchTopicPartition) {
-			tp := topicPartition{fp.Topic, fp.Partition}
-			end, ok := pending[tp]
-			if !ok {
-				return
-			}
-			for _, r := range fp.Records {
-				if r.Offset >= end {
-					delete(pending, tp)
-					return
-				}
-				if !r.Attrs.IsControl() {
-					handle(r)
-				}
-				if r.Offset+1 >= end {
-					delete(pending, tp)
-					return
-				}
-			}
-		})
-	}
-	return nil
+	return err
 }
 
 // replyEntry is what verify keeps of the replies to one command id of one
@@ -537,31 +436,16 @@ func (c *aggCheck) prepare(ctx context.Context, adm *kadm.Client, group string) 
 
 	c.spans = map[string]map[int32]span{}
 	for _, topic := range []string{t.Replies, t.Snapshots, t.Events, t.Commands} {
-		starts, err := adm.ListStartOffsets(ctx, topic)
-		if err == nil {
-			err = starts.Error()
-		}
+		spans, err := listSpans(ctx, adm, topic)
 		if err != nil {
-			return fmt.Errorf("list start offsets of %s: %w", topic, err)
+			return err
 		}
-		ends, err := adm.ListCommittedOffsets(ctx, topic)
-		if err == nil {
-			err = ends.Error()
-		}
-		if err != nil {
-			return fmt.Errorf("list end offsets of %s: %w", topic, err)
-		}
-		c.spans[topic] = map[int32]span{}
-		ends.Each(func(o kadm.ListedOffset) {
-			s := span{end: o.Offset}
-			if so, ok := starts.Lookup(topic, o.Partition); ok {
-				s.start = so.Offset
-			}
+		for p, s := range spans {
 			if s.start > 0 && topic != t.Snapshots {
-				c.v.note("%s/%d starts at offset %d: older records were deleted, the checks lack them", topic, o.Partition, s.start)
+				c.v.note("%s/%d starts at offset %d: older records were deleted, the checks lack them", topic, p, s.start)
 			}
-			c.spans[topic][o.Partition] = s
-		})
+		}
+		c.spans[topic] = spans
 	}
 
 	return c.initSchemas()
@@ -1011,7 +895,7 @@ func (pc *partCheck) event(r *kgo.Record) {
 
 // fold decodes an event and, while the fold is sound, applies it. A panic
 // in the domain's Evolve is an error.
-func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) (err error) {
+func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) error {
 	name, ok := pc.types[string(typ)]
 	if !ok {
 		name = string(typ)
@@ -1024,13 +908,8 @@ func (pc *partCheck) fold(a *aggTrack, typ, payload []byte) (err error) {
 	if err != nil || a.broken {
 		return err
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("evolve panicked: %v", p)
-		}
-	}()
-	a.state = agg.Evolve(a.state, ev)
-	return nil
+	a.state, err = evolve(agg, a.state, ev)
+	return err
 }
 
 // parseVersion reads a version header: a decimal integer >= 1.
