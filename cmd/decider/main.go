@@ -37,6 +37,7 @@ func commands() map[string]command {
 		"send":   {"send one command and print its reply", sendUsage, runSend},
 		"broker": {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
 		"verify": {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
+		"bench":  {"measure decider against the bare transaction loop on one broker", benchUsage, runBench},
 	}
 }
 
@@ -121,7 +122,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		env := "DECIDER_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		env := envName(f.Name)
 		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
 			if e := f.Value.Set(v); e != nil {
 				err = fmt.Errorf("%s=%q: %w", env, v, e)
@@ -129,6 +130,11 @@ func parse(fs *flag.FlagSet, args []string) error {
 		}
 	})
 	return err
+}
+
+// envName is the environment variable that sets flag name.
+func envName(name string) string {
+	return "DECIDER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // logFlags adds --log-level and --log-format and returns a function that
