@@ -55,14 +55,14 @@ bench-<run>-… are created and deleted again).
 
 Examples:
   decider bench
-  decider bench --accounts 1000000 --commands 2000000 --json
+  decider bench --accounts 1000000 --json
   decider bench --quick --broker embedded
   decider bench --cpuprofile /tmp/bench   # /tmp/bench.decider.pprof, /tmp/bench.reference.pprof
 `
 
 // quickFlags are --quick's sizes, for the flags not given otherwise.
 var quickFlags = map[string]string{
-	"partitions": "4", "commands": "1000", "accounts": "200", "loads": "1000,10000",
+	"partitions": "4", "accounts": "300", "loads": "1000,10000",
 	"duration": "500ms", "restore-aggregates": "2000",
 }
 
@@ -88,7 +88,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	brokers := fs.String("brokers", "", "seed brokers of a cluster to measure on (default: start a broker, see --broker)")
 	brokerKind := fs.String("broker", "process", `broker to start without --brokers: "process" (a decider broker child process) or "embedded" (in this process)`)
 	partitions := fs.Int("partitions", int(topology.DefaultPartitions), "partitions of the commands topics")
-	commands := fs.Int("commands", 300000, "commands preloaded for the flat-out run")
+	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run (default 3 × --accounts: an open and two deposits or withdrawals per account)")
 	accts := fs.Int("accounts", 100000, "accounts the commands go to (the first --accounts commands open them)")
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
 	duration := fs.Duration("duration", 10*time.Second, "length of each latency run")
@@ -119,6 +119,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("--loads %q: %q is not a positive number", *loads, s)
 		}
 		b.loads = append(b.loads, n)
+	}
+	if b.commands == 0 {
+		b.commands = 3 * b.accounts
 	}
 	switch {
 	case b.partitions <= 0 || b.commands <= 0 || b.accounts <= 0 || b.restoreN <= 0:

@@ -1,6 +1,8 @@
 // Command decider runs and operates decider apps: an embedded development
 // setup (dev), a worker against any Kafka cluster (run), a standalone
-// embedded broker (broker), and a command sender (send).
+// embedded broker (broker), a command sender (send), a checker of the
+// exactly-once invariants (verify), and a benchmark against the bare
+// transaction loop (bench).
 //
 // Every flag can also be set by an environment variable: --data-dir is
 // DECIDER_DATA_DIR, --brokers is DECIDER_BROKERS, and so on. A flag given on
