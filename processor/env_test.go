@@ -21,7 +21,7 @@ import (
 
 // env is a real broker (kfake, in process) with the bank app's topics.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	cluster *kfake.Cluster
 	kafka   []kgo.Opt
 	app     *topology.App
@@ -30,7 +30,7 @@ type env struct {
 	cl      *kgo.Client // plain producer/reader for the test itself
 }
 
-func newEnv(t *testing.T, partitions int32) *env {
+func newEnv(t testing.TB, partitions int32) *env {
 	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(100*time.Millisecond))
 	if err != nil {
@@ -59,7 +59,7 @@ func newEnv(t *testing.T, partitions int32) *env {
 	return e
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("DECIDER_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
 	}

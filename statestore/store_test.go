@@ -12,7 +12,7 @@ import (
 
 const topic = "bank.account.snapshots"
 
-func openStore(t *testing.T, dir string) *Store {
+func openStore(t testing.TB, dir string) *Store {
 	t.Helper()
 	s, err := Open(dir, nil)
 	if err != nil {

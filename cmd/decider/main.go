@@ -1,8 +1,8 @@
 // Command decider runs and operates decider apps: an embedded development
 // setup (dev), a worker against any Kafka cluster (run), a standalone
-// embedded broker (broker), a command sender (send), and the operator's
-// tools for any Kafka cluster: topics, tail, inspect, rebuild, reset and
-// verify.
+// embedded broker (broker), a command sender (send), a benchmark against
+// the bare transaction loop (bench), and the operator's tools for any Kafka
+// cluster: topics, tail, inspect, rebuild, reset and verify.
 //
 // Every flag can also be set by an environment variable: --data-dir is
 // DECIDER_DATA_DIR, --brokers is DECIDER_BROKERS, and so on. A flag given on
@@ -44,6 +44,7 @@ func commands() map[string]command {
 		"inspect": {"print an aggregate's latest snapshot (and a local store's copy)", inspectUsage, runInspect},
 		"rebuild": {"rebuild the snapshots from the events (after a fix in Evolve)", rebuildUsage, runRebuild},
 		"reset":   {"move the consumer group's offsets on the commands topics", resetUsage, runReset},
+		"bench":   {"measure decider against the bare transaction loop on one broker", benchUsage, runBench},
 	}
 }
 
@@ -128,7 +129,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
-		env := "DECIDER_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		env := envName(f.Name)
 		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
 			if e := f.Value.Set(v); e != nil {
 				err = fmt.Errorf("%s=%q: %w", env, v, e)
@@ -153,6 +154,11 @@ func parseAction(fs *flag.FlagSet, args []string, actions ...string) (string, er
 		return "", fmt.Errorf("%s %q: want one of %s", fs.Name(), args[0], strings.Join(actions, ", "))
 	}
 	return args[0], parse(fs, args[1:])
+}
+
+// envName is the environment variable that sets flag name.
+func envName(name string) string {
+	return "DECIDER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // logFlags adds --log-level and --log-format and returns a function that

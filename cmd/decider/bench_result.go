@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// benchResult is everything one run of `decider bench` measured.
+type benchResult struct {
+	Machine       machine
+	Broker        string // what the run measured on
+	Partitions    int32
+	Commands      int
+	Accounts      int
+	Duration      string // of each latency run
+	Reference     systemResult
+	Decider       systemResult
+	Restore       restoreResult
+	BrokerPeakRSS int64 // of a broker child process; 0 for others
+}
+
+// machine says where a run ran.
+type machine struct {
+	Cores      int    `json:"cores"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	CPU        string `json:"cpu"`
+	GoVersion  string `json:"go_version"`
+	OS         string `json:"os"`
+}
+
+func thisMachine() machine {
+	m := machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		defer f.Close()
+		for sc := bufio.NewScanner(f); sc.Scan(); {
+			if k, v, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// loadLabel names a load in JSON keys: 1000 → "1k", 1500 → "1500".
+func loadLabel(perS int) string {
+	if perS%1000 == 0 {
+		return strconv.Itoa(perS/1000) + "k"
+	}
+	return strconv.Itoa(perS)
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// summary is the run as one JSON object: the headline figures and ratios
+// (decider ÷ reference) at the top level, the details below.
+func (r *benchResult) summary() map[string]any {
+	d, ref := r.Decider, r.Reference
+	m := map[string]any{
+		"throughput_ratio":         ratio(d.PerS, ref.PerS),
+		"commands_per_s":           d.PerS,
+		"reference_per_s":          ref.PerS,
+		"startup_s":                d.StartupS,
+		"reference_startup_s":      ref.StartupS,
+		"peak_rss_bytes":           d.PeakRSS,
+		"reference_peak_rss_bytes": ref.PeakRSS,
+		"rss_ratio":                ratio(float64(d.PeakRSS), float64(ref.PeakRSS)),
+		"pebble_bytes":             d.DiskBytes,
+		"restore_per_s":            r.Restore.PerS,
+		"restore_s":                r.Restore.S,
+		"restore_aggregates":       r.Restore.Aggregates,
+		"restore_peak_rss_bytes":   r.Restore.PeakRSS,
+		"restore_pebble_bytes":     r.Restore.DiskBytes,
+		"decider":                  d,
+		"reference":                ref,
+		"machine":                  r.Machine,
+		"config": map[string]any{
+			"broker": r.Broker, "partitions": r.Partitions, "commands": r.Commands, "accounts": r.Accounts,
+			"latency_run": r.Duration,
+		},
+	}
+	if r.BrokerPeakRSS > 0 {
+		m["broker_peak_rss_bytes"] = r.BrokerPeakRSS
+	}
+	for i, l := range d.Latency {
+		rl, label := ref.Latency[i], loadLabel(l.Offered)
+		m["p50_ratio_"+label] = ratio(l.P50ms, rl.P50ms)
+		m["p99_ratio_"+label] = ratio(l.P99ms, rl.P99ms)
+		m["p999_ratio_"+label] = ratio(l.P999ms, rl.P999ms)
+	}
+	return m
+}
+
+// table prints the run as a table: each figure of decider, of the
+// reference, and their ratio.
+func (r *benchResult) table(w io.Writer) {
+	m := r.Machine
+	fmt.Fprintf(w, "decider bench: %d cores (%s), GOMAXPROCS %d, %s, %s; broker: %s\n", m.Cores, m.CPU, m.GOMAXPROCS, m.GoVersion, m.OS, r.Broker)
+	fmt.Fprintf(w, "%d partitions; %d commands over %d accounts; latency runs of %s each\n\n", r.Partitions, r.Commands, r.Accounts, r.Duration)
+	row := func(name string, d, ref float64, format string) {
+		fmt.Fprintf(w, "%-28s %12s %12s %18.2f\n", name, fmt.Sprintf(format, d), fmt.Sprintf(format, ref), ratio(d, ref))
+	}
+	fmt.Fprintf(w, "%-28s %12s %12s %18s\n", "", "decider", "reference", "decider/reference")
+	d, ref := r.Decider, r.Reference
+	row("flat out, commands/s", d.PerS, ref.PerS, "%.0f")
+	row("startup (join, restore), s", d.StartupS, ref.StartupS, "%.2f")
+	for i, l := range d.Latency {
+		rl := ref.Latency[i]
+		row(fmt.Sprintf("p50 at %d/s, ms", l.Offered), l.P50ms, rl.P50ms, "%.2f")
+		row(fmt.Sprintf("p99 at %d/s, ms", l.Offered), l.P99ms, rl.P99ms, "%.2f")
+		row(fmt.Sprintf("p999 at %d/s, ms", l.Offered), l.P999ms, rl.P999ms, "%.2f")
+		row(fmt.Sprintf("sent at %d/s, per s", l.Offered), l.Achieved, rl.Achieved, "%.0f")
+		row(fmt.Sprintf("unanswered at %d/s", l.Offered), float64(l.Sent-l.Replies), float64(rl.Sent-rl.Replies), "%.0f")
+	}
+	row("peak RSS, MiB", mib(d.PeakRSS), mib(ref.PeakRSS), "%.0f")
+	fmt.Fprintf(w, "\nstate store after the run: %.1f MiB on disk\n", mib(d.DiskBytes))
+	rs := r.Restore
+	fmt.Fprintf(w, "restore of %d snapshots: %.2f s, %.0f snapshots/s, peak RSS %.0f MiB, %.1f MiB on disk\n", rs.Aggregates, rs.S, rs.PerS, mib(rs.PeakRSS), mib(rs.DiskBytes))
+	if r.BrokerPeakRSS > 0 {
+		fmt.Fprintf(w, "broker process peak RSS: %.0f MiB\n", mib(r.BrokerPeakRSS))
+	}
+}
+
+func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// resetPeakRSS returns freed memory to the OS and resets this process's
+// peak RSS to its current RSS (Linux: /proc/self/clear_refs), so that the
+// next peakRSS covers what runs from now on. Where it cannot, the peak
+// covers the process's whole life.
+func resetPeakRSS() {
+	debug.FreeOSMemory()
+	_ = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
+
+// peakRSS returns the peak resident set of process pid in bytes: VmHWM
+// from /proc, else, for this process, getrusage's maximum.
+func peakRSS(pid int) int64 {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for line := range bytes.Lines(b) {
+			if v, ok := bytes.CutPrefix(line, []byte("VmHWM:")); ok {
+				kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(string(v)), " kB"), 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	var ru syscall.Rusage
+	if pid != os.Getpid() || syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return ru.Maxrss << 10 // kilobytes on Linux
+}
+
+// dirSize returns the bytes of the files under dir.
+func dirSize(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += info.Size()
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dir, err)
+	}
+	return n, nil
+}
+
+// freeLocalAddr returns an address on 127.0.0.1 with a port that was free
+// a moment ago.
+func freeLocalAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}

@@ -1,0 +1,63 @@
+package schemas_test
+
+import (
+	"testing"
+
+	"github.com/deciderhq/decider/examples/accounts"
+	"github.com/deciderhq/decider/schemas"
+)
+
+// The codec's share of a command: decode it, encode its event, its reply
+// and the aggregate's new snapshot, and decode that snapshot when the
+// aggregate is next loaded from the store.
+
+func BenchmarkCodec(b *testing.B) {
+	reg, err := accounts.Registry()
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, state, err := reg.Encode(accounts.Account{Opened: true, Owner: "ada", Balance: 700})
+	if err != nil {
+		b.Fatal(err)
+	}
+	reply := schemas.Reply{CommandID: "0123456789abcdef0123456789abcdef", AggregateID: "acc-1", Status: schemas.Accepted, Version: 3, Events: 1}
+	snapshot := func(window int) schemas.Snapshot {
+		s := schemas.Snapshot{AggregateID: "acc-1", Version: int64(window), CommandOffset: 12345, State: state}
+		for range window {
+			s.Recent = append(s.Recent, reply)
+		}
+		return s
+	}
+	values := []struct {
+		name string
+		v    any
+	}{
+		{"command", accounts.Deposit{Amount: 100}},
+		{"event", accounts.Deposited{Amount: 100, Balance: 700}},
+		{"reply", reply},
+		{"snapshot-window-3", snapshot(3)},
+		{"snapshot-window-32", snapshot(32)},
+	}
+	for _, tc := range values {
+		name, data, err := reg.Encode(tc.v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("encode/"+tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, _, err := reg.Encode(tc.v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run("decode/"+tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := reg.Decode(name, data); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
