@@ -44,12 +44,12 @@ func (b *batch) abort(kind string, err error) {
 	}
 }
 
-// abortReason returns why the transaction must abort, and that reason's
-// class; nil if it may commit.
-func (b *batch) abortReason() (error, string) {
+// abortReason returns the class of the reason the transaction must abort,
+// and the reason; a nil error if it may commit.
+func (b *batch) abortReason() (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.err, b.abortKind
+	return b.abortKind, b.err
 }
 
 // run decides the records of one partition, in offset order, once the
@@ -151,10 +151,10 @@ type partBatch struct {
 	b       *batch
 	a       *assigned
 	overlay *statestore.Overlay
-	next    atomic.Int64    // changelog offset after this batch's last snapshot
-	tally   tally           // for the metrics, once committed
-	dirty   []string        // aggregates whose snapshot is to be written, in the order first touched
-	replies []schemas.Reply // scratch for the dedupe window of the snapshot being encoded
+	next    atomic.Int64 // changelog offset after this batch's last snapshot
+	tally   tally        // for the metrics, once committed
+	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
+	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written
 }
 
 // produce sends a record of kind in the batch's transaction.
@@ -199,16 +199,15 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 }
 
 func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
-	d, err := agg.Schemas().Decode(schemas.SnapshotName, v)
+	snap, bodies, err := agg.Schemas().ReadSnapshot(v)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	snap := d.(schemas.Snapshot)
 	state, err := agg.DecodeState(snap.State)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
-	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(snap.Recent)}, nil
+	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(snap.Recent, bodies)}, nil
 }
 
 // handle decides one command and produces its outputs. An error aborts the
@@ -285,9 +284,13 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
-	next.recent = st.recent.add(reply, w.cfg.DedupeWindow)
+	_, v, err := agg.Schemas().Encode(reply)
+	if err != nil {
+		return fmt.Errorf("encode reply to %s: %w", c.id, err)
+	}
+	next.recent = st.recent.add(reply, v[schemas.FramingSize:], w.cfg.DedupeWindow)
 	pb.stage(id, next)
-	return pb.reply(ctx, c, reply)
+	return pb.sendReply(ctx, c, reply, v)
 }
 
 // snapshotOverhead bounds what a snapshot record adds to its state: the
@@ -370,13 +373,8 @@ func (pb *partBatch) writeSnapshots() error {
 			withBytes.stateBytes = enc
 			s = &withBytes
 		}
-		pb.replies = s.recent.appendTo(pb.replies[:0], pb.b.w.cfg.DedupeWindow)
-		_, v, err := agg.Schemas().Encode(schemas.Snapshot{
-			AggregateID: id, Version: s.version, CommandOffset: s.commandOffset, State: s.stateBytes, Recent: pb.replies,
-		})
-		if err != nil {
-			return fmt.Errorf("encode snapshot of %s: %w", id, err)
-		}
+		pb.bodies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
+		v := agg.Schemas().AppendSnapshot(nil, id, s.version, s.commandOffset, s.stateBytes, pb.bodies)
 		pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
 		pb.produce(kindSnapshot, &kgo.Record{
 			Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
@@ -430,6 +428,15 @@ func (pb *partBatch) headers(c *command, ceID, ceType, subject, version string) 
 // which is redone: a committed command never loses its reply to a passing
 // metadata error.
 func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) error {
+	_, v, err := pb.a.agg.Schemas().Encode(rep)
+	if err != nil {
+		return fmt.Errorf("encode reply to %s: %w", c.id, err)
+	}
+	return pb.sendReply(ctx, c, rep, v)
+}
+
+// sendReply sends rep, encoded as v, like reply.
+func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Reply, v []byte) error {
 	if c.replyTo == "" {
 		return nil
 	}
@@ -446,13 +453,9 @@ func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) e
 	if p < 0 || p >= n {
 		p = topology.Partition([]byte(c.id), n)
 	}
-	name, v, err := pb.a.agg.Schemas().Encode(rep)
-	if err != nil {
-		return fmt.Errorf("encode reply to %s: %w", c.id, err)
-	}
 	pb.produce(kindReply, &kgo.Record{
 		Topic: c.replyTo, Partition: p, Key: []byte(c.id), Value: v,
-		Headers: pb.headers(c, c.id+"/reply", name, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
+		Headers: pb.headers(c, c.id+"/reply", schemas.ReplyName, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
 	}, nil)
 	return nil
 }

@@ -9,20 +9,21 @@ import "github.com/deciderhq/decider/schemas"
 // is bounded.
 type recent struct {
 	reply schemas.Reply
+	body  []byte // reply's Avro body as encoded for the reply record, reused in every snapshot
 	older *recent
 	n     int // nodes in this list, this one included
 }
 
-// add returns the window with r added, keeping at least the newest size
-// replies; size <= 0 keeps none.
-func (l *recent) add(r schemas.Reply, size int) *recent {
+// add returns the window with r, encoded as body, added, keeping at least
+// the newest size replies; size <= 0 keeps none.
+func (l *recent) add(r schemas.Reply, body []byte, size int) *recent {
 	if size <= 0 {
 		return nil
 	}
 	if l.len() >= 2*size {
 		l = l.cut(size - 1)
 	}
-	return &recent{reply: r, older: l, n: l.len() + 1}
+	return &recent{reply: r, body: body, older: l, n: l.len() + 1}
 }
 
 func (l *recent) len() int {
@@ -37,7 +38,7 @@ func (l *recent) cut(n int) *recent {
 	if n <= 0 || l == nil {
 		return nil
 	}
-	return &recent{reply: l.reply, older: l.older.cut(n - 1), n: min(n, l.n)}
+	return &recent{reply: l.reply, body: l.body, older: l.older.cut(n - 1), n: min(n, l.n)}
 }
 
 // find returns the reply to commandID among the newest size.
@@ -50,20 +51,21 @@ func (l *recent) find(commandID string, size int) (schemas.Reply, bool) {
 	return schemas.Reply{}, false
 }
 
-// appendTo appends the newest size replies to out, oldest first: the
-// order of decider.Snapshot's recent.
-func (l *recent) appendTo(out []schemas.Reply, size int) []schemas.Reply {
+// appendBodies appends the encoded newest size replies to out, oldest
+// first: the order of decider.Snapshot's recent.
+func (l *recent) appendBodies(out [][]byte, size int) [][]byte {
 	if l == nil || size <= 0 {
 		return out
 	}
-	return append(l.older.appendTo(out, size-1), l.reply)
+	return append(l.older.appendBodies(out, size-1), l.body)
 }
 
-// recentOf makes the window of a decoded snapshot's replies, oldest first.
-func recentOf(replies []schemas.Reply) *recent {
+// recentOf makes the window of a decoded snapshot's replies and their
+// bodies, oldest first.
+func recentOf(replies []schemas.Reply, bodies [][]byte) *recent {
 	var l *recent
-	for _, r := range replies {
-		l = &recent{reply: r, older: l, n: l.len() + 1}
+	for i, r := range replies {
+		l = &recent{reply: r, body: bodies[i], older: l, n: l.len() + 1}
 	}
 	return l
 }

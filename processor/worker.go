@@ -328,7 +328,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 	}
 	b.produced.Wait()
 	w.at(AfterProduce)
-	abortErr, abortKind := b.abortReason()
+	abortKind, abortErr := b.abortReason()
 	if abortErr != nil {
 		w.log.Warn("aborting transaction", "reason", abortErr)
 		try = kgo.TryAbort

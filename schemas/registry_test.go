@@ -117,6 +117,24 @@ func TestSnapshotRoundTrip(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("round trip = %+v, want %+v", got, want)
 		}
+		// ReadSnapshot reads the same, and each reply's bytes.
+		fastGot, bodies, err := r.ReadSnapshot(data)
+		if err != nil || !reflect.DeepEqual(fastGot, want) || len(bodies) != len(want.Recent) {
+			t.Errorf("ReadSnapshot = %+v, %d bodies, %v; want %+v", fastGot, len(bodies), err, want)
+		}
+		// AppendSnapshot writes the same bytes from replies encoded before.
+		for i, rep := range want.Recent {
+			_, enc, err := r.Encode(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(bodies[i], enc[FramingSize:]) {
+				t.Errorf("ReadSnapshot: body of reply %d is % x, encoded alone % x", i, bodies[i], enc[FramingSize:])
+			}
+		}
+		if fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, bodies); !bytes.Equal(fast, data) {
+			t.Errorf("AppendSnapshot(%s) wrote %d bytes, Encode %d; they differ from byte %d", want.AggregateID, len(fast), len(data), firstDiff(fast, data))
+		}
 	}
 	// A nil Recent is written as an empty array and read back as one.
 	_, data, err := r.Encode(Snapshot{AggregateID: "acc-4", Version: 1})
@@ -639,6 +657,17 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("%s: %+v re-encoded decodes as %+v, %v", name, v, w, err)
 			}
 		}
+		// The hand-written snapshot reader agrees with hamba's.
+		want, werr := r.Decode(SnapshotName, data)
+		got, bodies, err := r.ReadSnapshot(data)
+		switch {
+		case (err == nil) != (werr == nil):
+			t.Fatalf("ReadSnapshot error %v, Decode error %v", err, werr)
+		case err == nil && !reflect.DeepEqual(got, want):
+			t.Fatalf("ReadSnapshot = %+v, Decode = %+v", got, want)
+		case err == nil && len(bodies) != len(got.Recent):
+			t.Fatalf("ReadSnapshot: %d reply bodies for %d replies", len(bodies), len(got.Recent))
+		}
 	})
 }
 
@@ -658,4 +687,14 @@ func registryWithV1(t *testing.T) (*Registry, []byte) {
 		t.Fatal(err)
 	}
 	return r, v1
+}
+
+// firstDiff returns the index of the first byte where a and b differ.
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

@@ -1,0 +1,161 @@
+package schemas
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The worker writes a snapshot, with its whole dedupe window, for every
+// aggregate a transaction touches, and reads one back for every aggregate
+// not in its cache. Through hamba, a window of 32 replies made the snapshot
+// the most expensive record of a command; these two functions write and
+// read the current decider.Snapshot by hand, keeping each reply of the
+// window as the bytes it was encoded to once.
+
+// AppendSnapshot appends to dst the single-object encoding of a
+// decider.Snapshot whose recent replies are given already encoded: each
+// the body of an encoded decider.Reply (what follows its 10-byte header),
+// oldest first. It writes the bytes Encode(Snapshot{…}) writes, without
+// encoding the dedupe window again: a worker writes a snapshot with its
+// whole window for every command, and a window of 32 replies made that
+// encode five times the cost of the rest.
+func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, commandOffset int64, state []byte, recent [][]byte) []byte {
+	dst = append(dst, r.byName[SnapshotName].header...)
+	dst = binary.AppendVarint(dst, int64(len(aggregateID))) // Avro longs are zigzag varints
+	dst = append(dst, aggregateID...)
+	dst = binary.AppendVarint(dst, version)
+	dst = binary.AppendVarint(dst, commandOffset)
+	dst = binary.AppendVarint(dst, int64(len(state)))
+	dst = append(dst, state...)
+	if len(recent) > 0 {
+		// One block, its count negative and followed by its size in bytes,
+		// as hamba writes it (the Avro spec allows both forms).
+		size := 0
+		for _, b := range recent {
+			size += len(b)
+		}
+		dst = binary.AppendVarint(dst, -int64(len(recent)))
+		dst = binary.AppendVarint(dst, int64(size))
+		for _, b := range recent {
+			dst = append(dst, b...)
+		}
+	}
+	return append(dst, 0) // the end of the array
+}
+
+// ReadSnapshot decodes a decider.Snapshot and also returns the encoded body
+// of each reply of its dedupe window (slices of data), as AppendSnapshot
+// takes them. A snapshot written with an older schema version is decoded
+// through Decode and its replies encoded again.
+func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
+	b := r.byName[SnapshotName]
+	fp, body, err := splitHeader(data)
+	if err != nil || fp != b.fp {
+		return r.readSnapshotSlow(data)
+	}
+	d := avroReader{buf: body}
+	s := Snapshot{AggregateID: d.string(), Version: d.long(), CommandOffset: d.long(), State: d.bytes()}
+	var bodies [][]byte
+	for d.err == nil {
+		n := d.long()
+		if n == 0 {
+			break
+		}
+		if n < 0 { // a block with its size in bytes
+			n = -n
+			d.long()
+		}
+		if n > int64(len(d.buf)) { // every reply takes at least one byte
+			d.fail()
+			break
+		}
+		for range n {
+			start := d.pos
+			rep := Reply{CommandID: d.string(), AggregateID: d.string()}
+			if i := d.long(); i >= 0 && i < int64(len(statuses)) {
+				rep.Status = statuses[i]
+			} else {
+				d.fail()
+			}
+			rep.Version, rep.Reason, rep.Events = d.long(), d.string(), int32(d.long())
+			s.Recent = append(s.Recent, rep)
+			bodies = append(bodies, d.buf[start:d.pos])
+		}
+	}
+	if d.err == nil && d.pos != len(d.buf) {
+		d.err = errors.New("trailing bytes after the record")
+	}
+	if d.err != nil {
+		return Snapshot{}, nil, fmt.Errorf("decode %s: %w: %w", SnapshotName, ErrBody, d.err)
+	}
+	if s.Recent == nil {
+		s.Recent = []Reply{}
+	}
+	return s, bodies, nil
+}
+
+// readSnapshotSlow is ReadSnapshot for a snapshot of another schema
+// version.
+func (r *Registry) readSnapshotSlow(data []byte) (Snapshot, [][]byte, error) {
+	v, err := r.Decode(SnapshotName, data)
+	if err != nil {
+		return Snapshot{}, nil, err
+	}
+	s := v.(Snapshot)
+	bodies := make([][]byte, len(s.Recent))
+	for i, rep := range s.Recent {
+		_, enc, err := r.Encode(rep)
+		if err != nil {
+			return Snapshot{}, nil, err
+		}
+		bodies[i] = enc[FramingSize:]
+	}
+	return s, bodies, nil
+}
+
+// statuses are the symbols of decider.Status in schema order.
+var statuses = []Status{Accepted, Rejected, Conflict, Expired, Invalid, Failed}
+
+// FramingSize is the length of the single-object header before the Avro
+// body: the 2-byte magic and the 8-byte fingerprint.
+const FramingSize = 10
+
+// avroReader reads Avro binary primitives; the first error sticks.
+type avroReader struct {
+	buf []byte
+	pos int
+	err error
+}
+
+func (d *avroReader) fail() {
+	if d.err == nil {
+		d.err = errors.New("truncated or malformed")
+	}
+}
+
+func (d *avroReader) long() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.buf[d.pos:]) // Avro longs are zigzag varints
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.pos += n
+	return v
+}
+
+func (d *avroReader) bytes() []byte {
+	n := d.long()
+	if d.err != nil || n < 0 || n > int64(len(d.buf)-d.pos) {
+		d.fail()
+		return nil
+	}
+	b := d.buf[d.pos : d.pos+int(n) : d.pos+int(n)]
+	d.pos += int(n)
+	return b
+}
+
+func (d *avroReader) string() string { return string(d.bytes()) }
