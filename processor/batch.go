@@ -276,7 +276,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			next.version += int64(len(d.events))
 			reply.Version, reply.Events = next.version, int32(len(d.events))
 			for i, e := range d.events {
-				pb.produce(kindEvent, pb.event(c, id, st.version+int64(i)+1, e), nil)
+				pb.produce(kindEvent, pb.event(c, st.version+int64(i)+1, e), nil)
 			}
 		}
 	}
@@ -391,12 +391,27 @@ func (pb *partBatch) writeSnapshots() error {
 }
 
 // event builds the record of one event at version v.
-func (pb *partBatch) event(c *command, id string, v int64, e encoded) *kgo.Record {
-	vs := strconv.FormatInt(v, 10)
+func (pb *partBatch) event(c *command, v int64, e encoded) *kgo.Record {
+	// ce_id is "<aggregate id>/<version>", ce_aggregateversion its tail:
+	// one buffer holds both.
+	id := c.rec.Key
+	buf := make([]byte, 0, len(id)+21)
+	buf = strconv.AppendInt(append(append(buf, id...), '/'), v, 10)
 	return &kgo.Record{
-		Topic: pb.a.topics.Events, Partition: pb.a.key.partition, Key: c.rec.Key, Value: e.payload,
-		Headers: pb.headers(c, id+"/"+vs, e.name, id, vs),
+		Topic: pb.a.topics.Events, Partition: pb.a.key.partition, Key: id, Value: e.payload,
+		Headers: pb.headers(c, buf, typeValue(e.name), buf[len(id)+1:]),
 	}
+}
+
+// typeValues caches the ce_type header value of each record name.
+var typeValues sync.Map // string → []byte
+
+func typeValue(name string) []byte {
+	if v, ok := typeValues.Load(name); ok {
+		return v.([]byte)
+	}
+	v, _ := typeValues.LoadOrStore(name, []byte(name))
+	return v.([]byte)
 }
 
 // Header values the same on every record; records share them (the client
@@ -404,21 +419,23 @@ func (pb *partBatch) event(c *command, id string, v int64, e encoded) *kgo.Recor
 var (
 	specVersionValue = []byte(schemas.SpecVersion)
 	contentTypeValue = []byte(schemas.ContentType)
+	replyTypeValue   = []byte(schemas.ReplyName)
 )
 
-// headers are the CloudEvents headers of what a worker emits for c.
-func (pb *partBatch) headers(c *command, ceID, ceType, subject, version string) []kgo.RecordHeader {
+// headers are the CloudEvents headers of what a worker emits for c; the
+// subject is the aggregate id, c's key.
+func (pb *partBatch) headers(c *command, ceID, ceType, version []byte) []kgo.RecordHeader {
 	return []kgo.RecordHeader{
 		{Key: schemas.HeaderSpecVersion, Value: specVersionValue},
-		{Key: schemas.HeaderID, Value: []byte(ceID)},
-		{Key: schemas.HeaderType, Value: []byte(ceType)},
+		{Key: schemas.HeaderID, Value: ceID},
+		{Key: schemas.HeaderType, Value: ceType},
 		{Key: schemas.HeaderSource, Value: pb.a.sourceValue},
-		{Key: schemas.HeaderSubject, Value: []byte(subject)},
+		{Key: schemas.HeaderSubject, Value: c.rec.Key},
 		{Key: schemas.HeaderTime, Value: c.rawTime},
 		{Key: schemas.HeaderContentType, Value: contentTypeValue},
 		{Key: schemas.HeaderCorrelationID, Value: c.rawCorrelationID},
 		{Key: schemas.HeaderCausationID, Value: c.rawID},
-		{Key: schemas.HeaderAggregateVersion, Value: []byte(version)},
+		{Key: schemas.HeaderAggregateVersion, Value: version},
 	}
 }
 
@@ -453,9 +470,14 @@ func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Repl
 	if p < 0 || p >= n {
 		p = topology.Partition([]byte(c.id), n)
 	}
+	// ce_id is "<command id>/reply", then ce_aggregateversion: one buffer.
+	buf := make([]byte, 0, len(c.rawID)+26)
+	buf = append(append(buf, c.rawID...), "/reply"...)
+	idEnd := len(buf)
+	buf = strconv.AppendInt(buf, rep.Version, 10)
 	pb.produce(kindReply, &kgo.Record{
-		Topic: c.replyTo, Partition: p, Key: []byte(c.id), Value: v,
-		Headers: pb.headers(c, c.id+"/reply", schemas.ReplyName, rep.AggregateID, strconv.FormatInt(rep.Version, 10)),
+		Topic: c.replyTo, Partition: p, Key: c.rawID, Value: v,
+		Headers: pb.headers(c, buf[:idEnd:idEnd], replyTypeValue, buf[idEnd:]),
 	}, nil)
 	return nil
 }

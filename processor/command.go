@@ -16,17 +16,17 @@ type command struct {
 	rec            *kgo.Record
 	id             string // ce_id
 	typ            string // ce_type
-	source         string // ce_source
+	hasSource      bool   // ce_source is set
 	replyTo        string // ce_replyto; "" sends no reply
 	replyPartition int32  // ce_replypartition; -1 when absent or unreadable
-	correlationID  string // ce_correlationid, defaulting to id
-	time           string // ce_time, defaulting to the record's timestamp: the handler's "now"
 
 	expectedVersion int64     // ce_expectedversion; -1 when absent
 	deadline        time.Time // ce_deadline; zero when absent
 
 	// The header values copied onto everything emitted for the command, as
-	// read, so that each record reuses them rather than converting again.
+	// read, so that each record reuses them rather than converting again:
+	// ce_id, ce_correlationid (defaulting to ce_id) and ce_time (defaulting
+	// to the record's timestamp).
 	rawID, rawCorrelationID, rawTime []byte
 }
 
@@ -60,36 +60,35 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 	var specVersion string
 	var badHeader error
 	for _, h := range r.Headers {
-		v := string(h.Value)
 		switch h.Key {
 		case schemas.HeaderSpecVersion:
-			specVersion = v
+			specVersion = string(h.Value)
 		case schemas.HeaderID:
-			c.id, c.rawID = v, h.Value
+			c.id, c.rawID = string(h.Value), h.Value
 		case schemas.HeaderType:
-			c.typ = v
+			c.typ = string(h.Value)
 		case schemas.HeaderSource:
-			c.source = v
+			c.hasSource = len(h.Value) > 0
 		case schemas.HeaderReplyTo:
-			c.replyTo = v
+			c.replyTo = string(h.Value)
 		case schemas.HeaderReplyPartition:
-			if p, err := strconv.ParseInt(v, 10, 32); err == nil && p >= 0 {
+			if p, err := strconv.ParseInt(string(h.Value), 10, 32); err == nil && p >= 0 {
 				c.replyPartition = int32(p)
 			}
 		case schemas.HeaderCorrelationID:
-			c.correlationID, c.rawCorrelationID = v, h.Value
+			c.rawCorrelationID = h.Value
 		case schemas.HeaderTime:
-			c.time, c.rawTime = v, h.Value
+			c.rawTime = h.Value
 		case schemas.HeaderExpectedVersion:
-			n, err := strconv.ParseInt(v, 10, 64)
+			n, err := strconv.ParseInt(string(h.Value), 10, 64)
 			if err != nil || n < 0 {
-				badHeader = invalid("bad_header", "%s %q is not a version (an integer >= 0)", h.Key, v)
+				badHeader = invalid("bad_header", "%s %q is not a version (an integer >= 0)", h.Key, h.Value)
 			}
 			c.expectedVersion = n
 		case schemas.HeaderDeadline:
-			t, err := time.Parse(time.RFC3339Nano, v)
+			t, err := time.Parse(time.RFC3339Nano, string(h.Value))
 			if err != nil {
-				badHeader = invalid("bad_header", "%s %q is not an RFC 3339 time", h.Key, v)
+				badHeader = invalid("bad_header", "%s %q is not an RFC 3339 time", h.Key, h.Value)
 			}
 			c.deadline = t
 		}
@@ -101,20 +100,19 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 	switch {
 	case len(c.id) > maxIDBytes:
 		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderID, maxIDBytes)
-	case len(c.correlationID) > maxIDBytes:
-		c.correlationID, c.rawCorrelationID = "", nil
+	case len(c.rawCorrelationID) > maxIDBytes:
+		c.rawCorrelationID = nil
 		badHeader = invalid("bad_header", "%s is longer than %d bytes", schemas.HeaderCorrelationID, maxIDBytes)
 	case len(r.Key) > maxKeyBytes:
 		badHeader = invalid("too_large", "a key of %d bytes exceeds the limit of %d", len(r.Key), maxKeyBytes)
 	case headerBytes > maxHeaderBytes:
 		badHeader = invalid("too_large", "headers of %d bytes exceed the limit of %d", headerBytes, maxHeaderBytes)
 	}
-	if c.correlationID == "" {
-		c.correlationID, c.rawCorrelationID = c.id, c.rawID
+	if len(c.rawCorrelationID) == 0 {
+		c.rawCorrelationID = c.rawID
 	}
-	if c.time == "" {
-		c.time = r.Timestamp.UTC().Format(time.RFC3339Nano)
-		c.rawTime = []byte(c.time)
+	if len(c.rawTime) == 0 {
+		c.rawTime = r.Timestamp.UTC().AppendFormat(nil, time.RFC3339Nano)
 	}
 	switch {
 	case len(r.Key) == 0:
@@ -123,7 +121,7 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 		return c, invalid("missing_header", "%s is required", schemas.HeaderID)
 	case c.typ == "":
 		return c, invalid("missing_header", "%s is required", schemas.HeaderType)
-	case c.source == "":
+	case !c.hasSource:
 		return c, invalid("missing_header", "%s is required", schemas.HeaderSource)
 	case specVersion != schemas.SpecVersion:
 		return c, invalid("bad_specversion", "%s is %q, want %q", schemas.HeaderSpecVersion, specVersion, schemas.SpecVersion)
