@@ -96,30 +96,18 @@ func produceAll(ctx context.Context, kafka []kgo.Opt, n int, next func(i int) (*
 		return err
 	}
 	defer cl.Close()
-	var (
-		mu     sync.Mutex
-		failed error
-	)
-	done := func(r *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			failed = errors.Join(failed, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
-			mu.Unlock()
-		}
-	}
+	var failed produceErrors
 	for i := range n {
 		r, err := next(i)
 		if err != nil {
 			return err
 		}
-		cl.Produce(ctx, r, done)
+		cl.Produce(ctx, r, failed.promise)
 	}
 	if err := cl.Flush(ctx); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	return failed
+	return failed.get()
 }
 
 // waitConsumed waits until the committed offsets of group on topic add up
@@ -228,17 +216,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		return res, err
 	}
 	defer pr.Close()
-	var (
-		mu     sync.Mutex
-		failed error
-	)
-	done := func(r *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			failed = errors.Join(failed, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
-			mu.Unlock()
-		}
-	}
+	var failed produceErrors
 	start := time.Now()
 	for res.Sent < total && ctx.Err() == nil {
 		due := min(total, int(float64(rate)*time.Since(start).Seconds())+1)
@@ -248,7 +226,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 				return res, err
 			}
 			sentAt[res.Sent].Store(time.Now().UnixNano())
-			pr.Produce(ctx, r, done)
+			pr.Produce(ctx, r, failed.promise)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -256,10 +234,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 	if err := pr.Flush(ctx); err != nil {
 		return res, fmt.Errorf("flush: %w", err)
 	}
-	mu.Lock()
-	err = failed
-	mu.Unlock()
-	if err != nil {
+	if err := failed.get(); err != nil {
 		return res, err
 	}
 	deadline := time.Now().Add(drainTimeout)
@@ -304,4 +279,25 @@ func replyReader(ctx context.Context, kafka []kgo.Opt, topic string) (*kgo.Clien
 		return nil, fmt.Errorf("reply reader: %w", err)
 	}
 	return cl, nil
+}
+
+// produceErrors collects what the promises of produced records report.
+type produceErrors struct {
+	mu  sync.Mutex
+	err error
+}
+
+// promise is a kgo produce promise that keeps the record's error.
+func (p *produceErrors) promise(r *kgo.Record, err error) {
+	if err != nil {
+		p.mu.Lock()
+		p.err = errors.Join(p.err, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
+		p.mu.Unlock()
+	}
+}
+
+func (p *produceErrors) get() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
 }

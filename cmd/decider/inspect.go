@@ -55,24 +55,12 @@ func runInspect(ctx context.Context, args []string, stdout io.Writer) error {
 	if *id == "" {
 		return errors.New("--id is required")
 	}
-	kafka, err := kafkaOpts()
+	c, app, agg, err := dialAggregate(ctx, kafkaOpts, *appName, *aggregate)
 	if err != nil {
 		return err
 	}
-	cl, err := connect(ctx, kafka)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	app, err := discoverApp(ctx, adm, *appName)
-	if err != nil {
-		return err
-	}
-	agg, err := appAggregate(app, *aggregate)
-	if err != nil {
-		return err
-	}
+	defer c.cl.Close()
+	kafka, adm := c.kafka, c.adm
 	topic := app.Topics(agg).Snapshots
 	p := topology.Partition([]byte(*id), agg.Partitions())
 	rec, err := latestSnapshot(ctx, kafka, adm, topic, p, *id)

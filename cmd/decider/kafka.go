@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -135,4 +136,25 @@ func connect(ctx context.Context, kafka []kgo.Opt) (*kgo.Client, error) {
 		return nil, fmt.Errorf("connect to the Kafka cluster (check --brokers, --tls-*, --sasl-*): %w", err)
 	}
 	return cl, nil
+}
+
+// conn is a connection an operator command works through.
+type conn struct {
+	kafka []kgo.Opt // the options it was made with
+	cl    *kgo.Client
+	adm   *kadm.Client
+}
+
+// dial connects with the command's Kafka flags (see connect); the caller
+// closes c.cl.
+func dial(ctx context.Context, kafkaOpts func() ([]kgo.Opt, error)) (*conn, error) {
+	kafka, err := kafkaOpts()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := connect(ctx, kafka)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{kafka: kafka, cl: cl, adm: kadm.NewClient(cl)}, nil
 }

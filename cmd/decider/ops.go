@@ -11,6 +11,7 @@ import (
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // What the operator commands (topics, tail, inspect, rebuild, reset) share.
@@ -106,4 +107,22 @@ func groupMembers(ctx context.Context, adm *kadm.Client, group string) (int, []s
 		hosts = append(hosts, m.ClientID+"@"+m.ClientHost)
 	}
 	return len(g.Members), hosts, nil
+}
+
+// dialAggregate connects (see dial) and finds aggregate type aggregate of
+// app appName there; the caller closes c.cl.
+func dialAggregate(ctx context.Context, kafkaOpts func() ([]kgo.Opt, error), appName, aggregate string) (*conn, *topology.App, *topology.Aggregate, error) {
+	c, err := dial(ctx, kafkaOpts)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	app, err := discoverApp(ctx, c.adm, appName)
+	if err == nil {
+		var agg *topology.Aggregate
+		if agg, err = appAggregate(app, aggregate); err == nil {
+			return c, app, agg, nil
+		}
+	}
+	c.cl.Close()
+	return nil, nil, nil, err
 }

@@ -232,9 +232,7 @@ func TestRebuild(t *testing.T) {
 	addr, dir := cluster(t), t.TempDir()
 	kafka := []kgo.Opt{kgo.SeedBrokers(addr)}
 	stop := worker(t, addr, dir)
-	send(t, addr, "--id", "acc-1", "--type", "OpenAccount", "--data", `{"owner":"ada"}`)
-	send(t, addr, "--id", "acc-1", "--type", "Deposit", "--data", `{"amount":100}`)
-	send(t, addr, "--id", "acc-2", "--type", "OpenAccount", "--data", `{"owner":"bob"}`)
+	openTwoAccounts(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if _, err := decider(ctx, "rebuild", "snapshots", "--brokers", addr, "--yes"); !errors.Is(err, errActiveMembers) || !strings.Contains(err.Error(), "stop every worker") {
@@ -338,9 +336,7 @@ func TestRebuild(t *testing.T) {
 func TestReset(t *testing.T) {
 	addr, dir := cluster(t), t.TempDir()
 	stop := worker(t, addr, dir)
-	send(t, addr, "--id", "acc-1", "--type", "OpenAccount", "--data", `{"owner":"ada"}`)
-	send(t, addr, "--id", "acc-1", "--type", "Deposit", "--data", `{"amount":100}`)
-	send(t, addr, "--id", "acc-2", "--type", "OpenAccount", "--data", `{"owner":"bob"}`)
+	openTwoAccounts(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if _, err := decider(ctx, "reset", "--brokers", addr, "--to", "beginning"); !errors.Is(err, errActiveMembers) {
@@ -488,4 +484,12 @@ func TestProgress(t *testing.T) {
 	if tty.String() != want {
 		t.Errorf("terminal: %q\nwant %q", tty.String(), want)
 	}
+}
+
+// openTwoAccounts opens acc-1 with a balance of 100 and acc-2.
+func openTwoAccounts(t *testing.T, addr string) {
+	t.Helper()
+	send(t, addr, "--id", "acc-1", "--type", "OpenAccount", "--data", `{"owner":"ada"}`)
+	send(t, addr, "--id", "acc-1", "--type", "Deposit", "--data", `{"amount":100}`)
+	send(t, addr, "--id", "acc-2", "--type", "OpenAccount", "--data", `{"owner":"bob"}`)
 }

@@ -62,16 +62,12 @@ func runRebuild(ctx context.Context, args []string, stdout io.Writer) error {
 	if _, err := parseAction(fs, args, "snapshots"); err != nil {
 		return err
 	}
-	kafka, err := kafkaOpts()
+	c, err := dial(ctx, kafkaOpts)
 	if err != nil {
 		return err
 	}
-	cl, err := connect(ctx, kafka)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
+	defer c.cl.Close()
+	kafka, adm := c.kafka, c.adm
 	app, err := discoverApp(ctx, adm, *appName)
 	if err != nil {
 		return err

@@ -76,16 +76,12 @@ func runReset(ctx context.Context, args []string, stdout io.Writer) error {
 			return fmt.Errorf("--to %q: want beginning, end, or an RFC 3339 time: %w", *to, err)
 		}
 	}
-	kafka, err := kafkaOpts()
+	c, err := dial(ctx, kafkaOpts)
 	if err != nil {
 		return err
 	}
-	cl, err := connect(ctx, kafka)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
+	defer c.cl.Close()
+	adm := c.adm
 	app, err := discoverApp(ctx, adm, *appName)
 	if err != nil {
 		return err

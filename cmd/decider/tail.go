@@ -14,7 +14,6 @@ import (
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -56,24 +55,12 @@ func runTail(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	kafka, err := kafkaOpts()
+	c, app, agg, err := dialAggregate(ctx, kafkaOpts, *appName, *aggregate)
 	if err != nil {
 		return err
 	}
-	cl, err := connect(ctx, kafka)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
-	app, err := discoverApp(ctx, adm, *appName)
-	if err != nil {
-		return err
-	}
-	agg, err := appAggregate(app, *aggregate)
-	if err != nil {
-		return err
-	}
+	defer c.cl.Close()
+	kafka, adm := c.kafka, c.adm
 	t := app.Topics(agg)
 	topic := map[string]string{"events": t.Events, "replies": t.Replies, "dlq": t.DLQ, "commands": t.Commands, "snapshots": t.Snapshots}[kind]
 	spans, err := listSpans(ctx, adm, topic)

@@ -50,16 +50,12 @@ func runTopics(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	kafka, err := kafkaOpts()
+	c, err := dial(ctx, kafkaOpts)
 	if err != nil {
 		return err
 	}
-	cl, err := connect(ctx, kafka)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	adm := kadm.NewClient(cl)
+	defer c.cl.Close()
+	cl, adm := c.cl, c.adm
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	switch action {
