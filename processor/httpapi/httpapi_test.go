@@ -28,12 +28,12 @@ import (
 
 // cluster is a kfake broker with the bank app's topics.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	kafka []kgo.Opt
 	app   *topology.App
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.GroupMinSessionTimeout(100*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func (c *cluster) start(name string) *node {
 }
 
 // do sends a request and decodes the JSON answer.
-func (n *node) do(t *testing.T, method, path, body string) (int, map[string]any) {
+func (n *node) do(t testing.TB, method, path, body string) (int, map[string]any) {
 	t.Helper()
 	req, err := http.NewRequest(method, n.srv.URL+path, strings.NewReader(body))
 	if err != nil {
@@ -153,7 +153,7 @@ func (n *node) waitMetrics(t *testing.T, lines ...string) {
 
 // ready waits until path stops answering 503 (the partition is restoring
 // or has no known owner yet) and returns the answer.
-func (n *node) ready(t *testing.T, method, path, body string) (int, map[string]any) {
+func (n *node) ready(t testing.TB, method, path, body string) (int, map[string]any) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
