@@ -121,6 +121,18 @@ func (b *batch) committed(commands int) {
 	}
 }
 
+// forget drops from the state cache every aggregate the batch decided on:
+// the transaction did not commit, and a domain function that changed a
+// state in place (which Evolve must not) would otherwise leave the cache
+// holding a state no committed transaction wrote.
+func (b *batch) forget() {
+	for _, pb := range b.parts {
+		for _, id := range pb.dirty {
+			b.w.cache.remove(pb.a, id)
+		}
+	}
+}
+
 // restoreAgain makes every partition of the batch restore before its next
 // command.
 func (b *batch) restoreAgain() {

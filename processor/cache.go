@@ -30,8 +30,9 @@ type cacheEntry struct {
 	prev, next *cacheEntry
 }
 
-// entryOverhead is what an entry costs beyond its snapshot's encoded size:
-// the map slot, the entry, the decoded state's headers.
+// entryOverhead is what an entry costs beyond its snapshot's encoded size
+// and its dedupe window: the map slot, the entry, the decoded state's
+// headers.
 const entryOverhead = 256
 
 func newStateCache(maxBytes int64) *stateCache {
@@ -55,14 +56,19 @@ func (c *stateCache) get(a *assigned, id string) (*aggState, bool) {
 }
 
 // put caches a committed aggregate whose snapshot encodes to size bytes.
+// One too big to cache replaces nothing: its older entry is dropped.
 func (c *stateCache) put(a *assigned, id string, st *aggState, size int) {
-	cost := int64(size+len(id)) + entryOverhead
-	if c.max <= 0 || cost > c.max {
+	if c.max <= 0 {
 		return
 	}
+	cost := int64(size+len(id)) + entryOverhead + st.recent.cost()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := cacheKey{a, id}
+	if cost > c.max {
+		c.removeLocked(k)
+		return
+	}
 	if e, ok := c.m[k]; ok {
 		c.unlink(e)
 		c.bytes -= e.cost
@@ -80,6 +86,24 @@ func (c *stateCache) put(a *assigned, id string, st *aggState, size int) {
 		c.unlink(old)
 		delete(c.m, old.key)
 		c.bytes -= old.cost
+	}
+}
+
+// remove drops the entry of an aggregate, if any.
+func (c *stateCache) remove(a *assigned, id string) {
+	if c.max <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.removeLocked(cacheKey{a, id})
+}
+
+func (c *stateCache) removeLocked(k cacheKey) {
+	if e, ok := c.m[k]; ok {
+		c.unlink(e)
+		delete(c.m, k)
+		c.bytes -= e.cost
 	}
 }
 

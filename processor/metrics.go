@@ -74,7 +74,7 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 			Help: "Transactions ended, by outcome (committed, aborted)."},
 			[]string{"outcome"}),
 		aborts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "transaction_aborts_total",
-			Help: "Transactions aborted, by reason (produce_failed, commit_failed, fenced, revoked)."},
+			Help: "Transactions aborted, by reason (produce_failed, commit_failed, fenced, revoked, batch_failed)."},
 			[]string{"reason"}),
 		owned: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "partitions_owned",
 			Help: "Commands partitions assigned to this worker."},

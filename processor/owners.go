@@ -84,14 +84,13 @@ func (b ownersBalancer) MemberBalancer(members []kmsg.JoinGroupResponseMember) (
 // ParseSyncAssignment learns the owners map from this member's assignment.
 func (b ownersBalancer) ParseSyncAssignment(assignment []byte) (map[string][]int32, error) {
 	var a kmsg.ConsumerMemberAssignment
+	var m map[string]map[string][]int32 // none: a leader of an older version
 	if err := a.ReadFrom(assignment); err == nil {
-		if _, owners, ok := unwrapUserData(a.UserData); ok {
-			var m map[string]map[string][]int32
-			if json.Unmarshal(owners, &m) == nil {
-				b.w.setOwners(m)
-			}
+		if _, owners, ok := unwrapUserData(a.UserData); ok && json.Unmarshal(owners, &m) != nil {
+			m = nil
 		}
 	}
+	b.w.setOwners(m)
 	return b.GroupBalancer.ParseSyncAssignment(assignment)
 }
 

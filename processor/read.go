@@ -70,12 +70,17 @@ func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion 
 	if err != nil {
 		return Aggregate{}, err
 	}
-	select {
-	case <-a.ready:
-	case <-a.ctx.Done():
-		return Aggregate{}, w.notOwner(key)
-	case <-ctx.Done():
-		return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
+	for ready := false; !ready; {
+		select {
+		case <-a.ready:
+			ready = true
+		case <-a.ctx.Done(): // revoked, or assigned again to restore again
+			if a, applied, err = w.owned(key); err != nil {
+				return Aggregate{}, err
+			}
+		case <-ctx.Done():
+			return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
+		}
 	}
 	for {
 		got, err := w.readStored(agg, p, id)
@@ -84,13 +89,21 @@ func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion 
 		}
 		select {
 		case <-applied:
-			if a, applied, err = w.owned(key); err != nil {
-				return Aggregate{}, err
-			}
 		case <-a.ctx.Done():
-			return Aggregate{}, w.notOwner(key)
 		case <-ctx.Done():
 			return got, fmt.Errorf("read %s %s: at version %d, not %d: %w", aggregateType, id, got.Version, minVersion, ErrVersionNotReached)
+		}
+		if a, applied, err = w.owned(key); err != nil {
+			return Aggregate{}, err
+		}
+		select {
+		case <-a.ready:
+		default: // assigned again and restoring: wait for it
+			select {
+			case <-a.ready:
+			case <-ctx.Done():
+				return got, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
+			}
 		}
 	}
 }

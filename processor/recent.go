@@ -69,3 +69,15 @@ func recentOf(replies []schemas.Reply, bodies [][]byte) *recent {
 	}
 	return l
 }
+
+// nodeOverhead estimates what a node holds beyond its bytes and strings.
+const nodeOverhead = 160
+
+// cost estimates the memory the list holds, for the state cache's bound.
+func (l *recent) cost() int64 {
+	var n int64
+	for ; l != nil; l = l.older {
+		n += nodeOverhead + int64(len(l.body)+len(l.reply.CommandID)+len(l.reply.AggregateID)+len(l.reply.Reason))
+	}
+	return n
+}

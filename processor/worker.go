@@ -340,7 +340,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		w.metrics.transactions.WithLabelValues("committed").Inc()
 	case isFenced(err):
 		abortKind = "fenced"
-	case err != nil || try == kgo.TryCommit:
+	case try == kgo.TryCommit:
 		abortKind = "commit_failed"
 	}
 	if !committed {
@@ -363,6 +363,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		}
 	}
 	if !committed {
+		b.forget()
 		// The overlays are dropped with b; the session rewound to the
 		// committed offsets. A commit that was tried and did not report
 		// success may still have happened (an EndTxn whose answer was lost;

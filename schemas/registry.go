@@ -49,11 +49,12 @@ type Registry struct {
 	// 1 KiB slab for the first string it reads, a fresh Writer grows its
 	// buffer from nothing, and on the hot path (a command, a snapshot and
 	// a reply per command) those allocations were a quarter of the CPU.
-	readers sync.Pool // of *avro.Reader
-	writers sync.Pool // of *avro.Writer
-	byName  map[string]*binding
-	byFP    map[uint64]avro.NamedSchema
-	byType  map[reflect.Type]*binding
+	readers   sync.Pool // of *avro.Reader
+	writers   sync.Pool // of *avro.Writer
+	withBytes sync.Map  // avro.Schema → whether its values hold bytes (see readBody)
+	byName    map[string]*binding
+	byFP      map[uint64]avro.NamedSchema
+	byType    map[reflect.Type]*binding
 }
 
 // binding is one Avro record name: its current schema, its Go type if bound,
@@ -346,15 +347,27 @@ func (r *Registry) writerSchema(b *binding, data []byte) (avro.Schema, []byte, e
 }
 
 // readBody reads body, all of it, as one value of schema s into v.
+//
+// A pooled reader hands out the rest of its string slab to later decodes;
+// strings cannot be written, but a bytes value could be appended to over
+// another decode's strings, so a schema with bytes gets a reader of its own.
 func (r *Registry) readBody(s avro.Schema, body []byte, v any) error {
-	rd, _ := r.readers.Get().(*avro.Reader)
-	if rd == nil {
-		rd = avro.NewReader(nil, 0, avro.WithReaderConfig(r.api))
+	withBytes, known := r.withBytes.Load(s)
+	if !known {
+		withBytes, _ = r.withBytes.LoadOrStore(s, hasBytes(s, map[string]bool{}))
 	}
-	defer func() {
-		rd.Reset(nil) // holds on to no caller's bytes; what it read into v stays v's
-		r.readers.Put(rd)
-	}()
+	var rd *avro.Reader
+	if withBytes.(bool) {
+		rd = avro.NewReader(nil, 0, avro.WithReaderConfig(r.api))
+	} else {
+		if rd, _ = r.readers.Get().(*avro.Reader); rd == nil {
+			rd = avro.NewReader(nil, 0, avro.WithReaderConfig(r.api))
+		}
+		defer func() {
+			rd.Reset(nil) // holds on to no caller's bytes; what it read into v stays v's
+			r.readers.Put(rd)
+		}()
+	}
 	rd.Error = nil
 	rd.Reset(body)
 	rd.ReadVal(s, v)
@@ -407,4 +420,38 @@ func (r *Registry) Fingerprint(name string) ([]byte, bool) {
 // ShortName returns the last dot-separated part of an Avro full name.
 func ShortName(fullName string) string {
 	return fullName[strings.LastIndexByte(fullName, '.')+1:]
+}
+
+// hasBytes reports whether values of s can hold a bytes or fixed value;
+// seen guards against recursive named types.
+func hasBytes(s avro.Schema, seen map[string]bool) bool {
+	switch s := s.(type) {
+	case *avro.PrimitiveSchema:
+		return s.Type() == avro.Bytes
+	case *avro.FixedSchema:
+		return true
+	case *avro.RefSchema:
+		return hasBytes(s.Schema(), seen)
+	case *avro.RecordSchema:
+		if seen[s.FullName()] {
+			return false
+		}
+		seen[s.FullName()] = true
+		for _, f := range s.Fields() {
+			if hasBytes(f.Type(), seen) {
+				return true
+			}
+		}
+	case *avro.ArraySchema:
+		return hasBytes(s.Items(), seen)
+	case *avro.MapSchema:
+		return hasBytes(s.Values(), seen)
+	case *avro.UnionSchema:
+		for _, t := range s.Types() {
+			if hasBytes(t, seen) {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -639,6 +639,10 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte{0xC3, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x41})
 	r := NewRegistry()
+	// A window reply whose events (an int) is a 41-bit number: both
+	// readers must refuse it.
+	big := binary.AppendVarint([]byte{2, 'c', 2, 'a', 0, 0, 0}, 1<<40)
+	f.Add(r.AppendSnapshot(nil, "a", 1, 0, nil, [][]byte{big}))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		for _, name := range []string{ReplyName, SnapshotName} {
 			v, err := r.Decode(name, data)
@@ -697,4 +701,37 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// Decoded values do not share memory a caller could write over: appending
+// to one value's bytes leaves the strings of the next decode alone.
+func TestDecodedValuesDoNotAlias(t *testing.T) {
+	r := NewRegistry()
+	if err := r.Add(`{"type":"record","name":"test.Blob","fields":[{"name":"data","type":"bytes"},{"name":"name","type":"string"}]}`); err != nil {
+		t.Fatal(err)
+	}
+	type blob struct {
+		Data []byte `avro:"data"`
+		Name string `avro:"name"`
+	}
+	if err := Bind[blob](r, "test.Blob"); err != nil {
+		t.Fatal(err)
+	}
+	_, enc, err := r.Encode(blob{Data: []byte("ab"), Name: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := r.Decode("test.Blob", enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.Decode("test.Blob", enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := a.(blob)
+	_ = append(first.Data, "XXXXXXXXXXXXXXXXXXXX"...)
+	if got := b.(blob); got.Name != "first" || string(got.Data) != "ab" {
+		t.Errorf("after appending to one decoded value, the next reads %+v", got)
+	}
 }

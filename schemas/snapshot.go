@@ -70,7 +70,7 @@ func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
 			d.fail()
 			break
 		}
-		for range n {
+		for i := int64(0); i < n && d.err == nil; i++ {
 			start := d.pos
 			rep := Reply{CommandID: d.string(), AggregateID: d.string()}
 			if i := d.long(); i >= 0 && i < int64(len(statuses)) {
@@ -78,7 +78,7 @@ func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
 			} else {
 				d.fail()
 			}
-			rep.Version, rep.Reason, rep.Events = d.long(), d.string(), int32(d.long())
+			rep.Version, rep.Reason, rep.Events = d.long(), d.string(), d.int()
 			s.Recent = append(s.Recent, rep)
 			bodies = append(bodies, d.buf[start:d.pos])
 		}
@@ -145,6 +145,15 @@ func (d *avroReader) long() int64 {
 	}
 	d.pos += n
 	return v
+}
+
+// int reads an Avro int: a long in the range of 32 bits.
+func (d *avroReader) int() int32 {
+	v := d.long()
+	if v != int64(int32(v)) {
+		d.fail()
+	}
+	return int32(v)
 }
 
 func (d *avroReader) bytes() []byte {
