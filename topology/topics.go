@@ -38,7 +38,8 @@ type TopicOptions struct {
 }
 
 // EnsureTopics creates the missing topics of every aggregate type of app
-// (snapshots with cleanup.policy=compact) and verifies the existing ones as
+// (snapshots with cleanup.policy=compact, events with unlimited retention)
+// and verifies the existing ones as
 // VerifyTopics does.
 func EnsureTopics(ctx context.Context, adm *kadm.Client, app *App, o TopicOptions) error {
 	return checkTopics(ctx, adm, app, &o)
@@ -47,7 +48,8 @@ func EnsureTopics(ctx context.Context, adm *kadm.Client, app *App, o TopicOption
 // VerifyTopics checks that the topics of every aggregate type exist
 // (ErrMissingTopic otherwise), that commands, events and snapshots have the
 // declared partition count (*PartitionMismatchError otherwise), and that
-// snapshots is compacted (ErrNotCompacted otherwise). It creates nothing.
+// snapshots is compacted and not also deleted by retention (ErrNotCompacted
+// otherwise). It creates nothing.
 func VerifyTopics(ctx context.Context, adm *kadm.Client, app *App) error {
 	return checkTopics(ctx, adm, app, nil)
 }
@@ -66,7 +68,7 @@ func checkTopics(ctx context.Context, adm *kadm.Client, app *App, create *TopicO
 			d, ok := details[name]
 			switch {
 			case (!ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition)) && create != nil:
-				errs = append(errs, createTopic(ctx, adm, name, agg.partitions, name == t.Snapshots, create))
+				errs = append(errs, createTopic(ctx, adm, name, agg.partitions, topicConfigs(t, name), create))
 				continue
 			case !ok || errors.Is(d.Err, kerr.UnknownTopicOrPartition):
 				errs = append(errs, fmt.Errorf("%w: %s", ErrMissingTopic, name))
@@ -86,15 +88,25 @@ func checkTopics(ctx context.Context, adm *kadm.Client, app *App, create *TopicO
 	return errors.Join(errs...)
 }
 
-func createTopic(ctx context.Context, adm *kadm.Client, name string, partitions int32, compacted bool, o *TopicOptions) error {
+// topicConfigs returns the configs topic name of t is created with: the
+// snapshots topic is compacted, and the events topic, the source of truth,
+// is kept forever (a broker's default retention would delete events that
+// read models and `decider rebuild snapshots` need).
+func topicConfigs(t Topics, name string) map[string]*string {
+	v := func(s string) *string { return &s }
+	switch name {
+	case t.Snapshots:
+		return map[string]*string{"cleanup.policy": v("compact")}
+	case t.Events:
+		return map[string]*string{"retention.ms": v("-1"), "retention.bytes": v("-1")}
+	}
+	return nil
+}
+
+func createTopic(ctx context.Context, adm *kadm.Client, name string, partitions int32, configs map[string]*string, o *TopicOptions) error {
 	rf := o.ReplicationFactor
 	if rf == 0 {
 		rf = -1
-	}
-	var configs map[string]*string
-	if compacted {
-		compact := "compact"
-		configs = map[string]*string{"cleanup.policy": &compact}
 	}
 	resp, err := adm.CreateTopic(ctx, partitions, rf, configs, name)
 	if err == nil {
@@ -119,7 +131,9 @@ func verifyCompacted(ctx context.Context, adm *kadm.Client, topic string) error 
 		return fmt.Errorf("describe configs of %s: %w", topic, err)
 	}
 	for _, c := range rc.Configs {
-		if c.Key == "cleanup.policy" && c.Value != nil && strings.Contains(*c.Value, "compact") {
+		// compact,delete would let retention delete snapshots a full
+		// restore needs.
+		if c.Key == "cleanup.policy" && c.Value != nil && strings.Contains(*c.Value, "compact") && !strings.Contains(*c.Value, "delete") {
 			return nil
 		}
 	}

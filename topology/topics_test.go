@@ -53,6 +53,32 @@ func TestEnsureTopicsCreatesAndVerifies(t *testing.T) {
 			t.Errorf("%s has %d partitions, want 3", name, len(d.Partitions))
 		}
 	}
+	// Events, the source of truth, are kept forever.
+	rc, err := adm.DescribeTopicConfigs(ctx, "bank.account.events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := rc.On("bank.account.events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := 0
+	for _, c := range cfg.Configs {
+		if (c.Key == "retention.ms" || c.Key == "retention.bytes") && c.Value != nil && *c.Value == "-1" {
+			kept++
+		}
+	}
+	if kept != 2 {
+		t.Errorf("events topic configs %v: want retention.ms and retention.bytes -1", cfg.Configs)
+	}
+	// A snapshots topic that retention may also delete from is refused.
+	compactDelete := "compact,delete"
+	if _, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "cleanup.policy", Value: &compactDelete}}, "bank.account.snapshots"); err != nil {
+		t.Fatal(err)
+	}
+	if err := topology.VerifyTopics(ctx, adm, app); !errors.Is(err, topology.ErrNotCompacted) {
+		t.Errorf("verify with cleanup.policy=compact,delete: %v, want ErrNotCompacted", err)
+	}
 }
 
 // A worker refuses topics whose partition count differs from the app's,

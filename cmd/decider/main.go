@@ -110,10 +110,26 @@ func newFlags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("decider "+name, flag.ContinueOnError)
 	fs.Usage = func() {
 		c := commands()[name]
-		fmt.Fprintf(fs.Output(), "decider %s: %s\n\n%s\nFlags (each also settable as DECIDER_<FLAG> in the environment):\n", name, c.summary, c.usage)
+		env := "each also settable as DECIDER_<FLAG> in the environment"
+		if only := fromFlagsOnly[fs.Name()]; len(only) > 0 {
+			env += ", but for --" + strings.Join(only, ", --")
+		}
+		fmt.Fprintf(fs.Output(), "decider %s: %s\n\n%s\nFlags (%s):\n", name, c.summary, c.usage, env)
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// fromFlagsOnly names, per command, the flags the environment does not set:
+// what makes an operator command write, or chooses what it acts on, is said
+// on its command line. A worker's environment (DECIDER_DATA_DIR,
+// DECIDER_TRANSACTION_TIMEOUT) must not steer an operator command run beside
+// it, nor a stray DECIDER_YES turn a dry run into a rebuild.
+var fromFlagsOnly = map[string][]string{
+	"decider rebuild": {"yes", "transaction-timeout"},
+	"decider reset":   {"dry-run", "to", "data-dir"},
+	"decider inspect": {"id", "data-dir"},
+	"decider tail":    {"id", "from"},
 }
 
 // parse parses args, first applying DECIDER_* environment variables to the
@@ -130,6 +146,9 @@ func parse(fs *flag.FlagSet, args []string) error {
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envName(f.Name)
+		if slices.Contains(fromFlagsOnly[fs.Name()], f.Name) {
+			return
+		}
 		if v, ok := os.LookupEnv(env); ok && !set[f.Name] && err == nil {
 			if e := f.Value.Set(v); e != nil {
 				err = fmt.Errorf("%s=%q: %w", env, v, e)

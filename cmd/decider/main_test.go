@@ -154,3 +154,19 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 		t.Fatalf("DECIDER_LISTEN was not applied: %v", err)
 	}
 }
+
+// Flags that make an operator command write, or choose what it acts on,
+// are not taken from the environment; the others are.
+func TestSafetyFlagsIgnoreTheEnvironment(t *testing.T) {
+	t.Setenv("DECIDER_YES", "true")
+	t.Setenv("DECIDER_APP", "other")
+	fs := newFlags("rebuild")
+	yes := fs.Bool("yes", false, "")
+	app := fs.String("app", "bank", "")
+	if err := parse(fs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if *yes || *app != "other" {
+		t.Errorf("--yes = %v (want false: not from DECIDER_YES), --app = %q (want other from DECIDER_APP)", *yes, *app)
+	}
+}

@@ -39,7 +39,11 @@ group (the app's name) has members (a dry run only warns), and checks again
 before each partition's transaction; a worker started during a rebuild may
 decide commands on a state the rebuild then overwrites. It also refuses when the events topic no
 longer starts at offset 0 (retention deleted events: the fold would lose
-them).
+them), and when an aggregate's latest snapshot counts more or fewer events
+than the topic holds (a fix of Evolve never changes that: events are
+missing, and a snapshot at a lower version would let the next command
+reuse versions). After stopping the workers, wait one transaction timeout:
+a killed worker's open transaction is aborted by then.
 
 Workers' local stores need nothing done: the new snapshots are newer
 records of the changelog, and a worker restores its partitions from its
@@ -275,6 +279,13 @@ func (rb *rebuild) fold(ctx context.Context, agg *topology.Aggregate, t topology
 		}
 		s := schemas.Snapshot{AggregateID: id, Version: a.events, CommandOffset: -1, State: state}
 		if a.last != nil {
+			if a.last.Version != a.events {
+				// A fix of Evolve never changes how many events there
+				// are: events are missing (a recreated or compacted
+				// topic, retention), and writing this snapshot would let
+				// the next command reuse versions.
+				return c, nil, fmt.Errorf("rebuild refused: %s has %d events in %s/%d but its snapshot is at version %d", id, a.events, t.Events, p, a.last.Version)
+			}
 			s.CommandOffset, s.Recent = a.last.CommandOffset, a.last.Recent
 		} else {
 			c.noSnapshot++

@@ -130,6 +130,16 @@ func runReset(ctx context.Context, args []string, stdout io.Writer) error {
 		fmt.Fprintln(stdout, "dry run: nothing changed")
 		return nil
 	}
+	var store *statestore.Store
+	local := filepath.Join(*dataDir, "state")
+	if *dataDir != "" {
+		// Opened before the offsets move: a store its worker still holds
+		// stops the reset before it has changed anything.
+		if store, err = openLocal(local); err != nil {
+			return err
+		}
+		defer store.Close()
+	}
 	resp, err := adm.CommitOffsets(ctx, group, offsets)
 	if err == nil {
 		err = resp.Error()
@@ -138,31 +148,35 @@ func runReset(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("commit the offsets of group %s: %w", group, err)
 	}
 	fmt.Fprintf(stdout, "committed: the workers of group %s start from these offsets\n", group)
-	if *dataDir != "" {
-		return dropLocal(app, filepath.Join(*dataDir, "state"), stdout)
+	if store != nil {
+		return dropLocal(app, store, local, stdout)
 	}
 	return nil
 }
 
-// dropLocal drops every partition of the app's aggregate types from the
-// store in dir.
-func dropLocal(app *topology.App, dir string, stdout io.Writer) error {
+// openLocal opens a worker's store in dir, which must exist.
+func openLocal(dir string) (*statestore.Store, error) {
 	if _, err := os.Stat(dir); err != nil {
-		return fmt.Errorf("--data-dir: %w", err)
+		return nil, fmt.Errorf("--data-dir: %w", err)
 	}
 	store, err := statestore.Open(dir, nil)
 	if err != nil {
-		return fmt.Errorf("--data-dir (is its worker running?): %w", err)
+		return nil, fmt.Errorf("--data-dir (is its worker running?): %w", err)
 	}
+	return store, nil
+}
+
+// dropLocal drops every partition of the app's aggregate types from store,
+// the store in dir.
+func dropLocal(app *topology.App, store *statestore.Store, dir string, stdout io.Writer) error {
 	for _, agg := range app.Aggregates() {
 		for p := range agg.Partitions() {
 			if err := store.Drop(agg.Name(), p); err != nil {
-				store.Close()
 				return err
 			}
 		}
 		fmt.Fprintf(stdout, "dropped the local store of %s's %d partitions in %s: its worker restores them from %s\n",
 			agg.Name(), agg.Partitions(), dir, app.Topics(agg).Snapshots)
 	}
-	return store.Close()
+	return nil
 }
