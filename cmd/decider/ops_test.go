@@ -327,6 +327,20 @@ func TestRebuild(t *testing.T) {
 	if rep := send(t, addr, "--id", "acc-1", "--type", "Withdraw", "--data", `{"amount":500}`); rep.Status != schemas.Rejected || rep.Reason != "insufficient_funds" || rep.Version != 2 {
 		t.Fatalf("withdraw 500 after the rebuild: %+v; the worker's store must hold the rebuilt balance of 100, not 999", rep)
 	}
+
+	// A snapshot that counts more events than the topic holds (events
+	// missing): the rebuild refuses rather than lower the version.
+	r2, ahead, _ := latest("acc-2")
+	ahead.Version = 5
+	if _, value, err = agg.Schemas().Encode(ahead); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: topics.Snapshots, Partition: r2.Partition, Key: []byte("acc-2"), Value: value}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := decider(ctx, "rebuild", "snapshots", "--brokers", addr); err == nil || !strings.Contains(err.Error(), "acc-2 has 1 events") {
+		t.Fatalf("rebuild with events missing: %v\n%s; want a refusal naming acc-2", err, out)
+	}
 }
 
 // reset --dry-run prints the offsets and changes nothing; reset refuses
