@@ -509,6 +509,31 @@ func (c *chaos) record(id, cmdID string, cmd any) *kgo.Record {
 	}
 }
 
+// logGroup logs what the broker says of the app's consumer group: its
+// state and each member's assignment (for a drain that stalls).
+func (c *chaos) logGroup() {
+	cl, err := kgo.NewClient(c.kafka...)
+	if err != nil {
+		c.t.Logf("describe group: %v", err)
+		return
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	groups, err := kadm.NewClient(cl).DescribeGroups(ctx, c.app.Group())
+	if err != nil {
+		c.t.Logf("describe group: %v", err)
+		return
+	}
+	for _, g := range groups.Sorted() {
+		c.t.Logf("group %s: state %s, protocol %s, %d members, err %v", g.Group, g.State, g.Protocol, len(g.Members), g.Err)
+		for _, m := range g.Members {
+			assigned, _ := m.Assigned.AsConsumer()
+			c.t.Logf("  member %s (%s %s): assigned %v", m.MemberID, m.ClientID, m.ClientHost, assigned)
+		}
+	}
+}
+
 // readTopic reads every committed record of topic, waiting until it holds at
 // least min records (or failing after a minute).
 func (c *chaos) readTopic(topic string, min int) []*kgo.Record {
@@ -528,6 +553,7 @@ func (c *chaos) readTopic(topic string, min int) []*kgo.Record {
 			for _, w := range c.workers {
 				c.t.Logf("log tail of %s:\n%s", w.name, w.logTail())
 			}
+			c.logGroup()
 			c.t.Fatalf("%s holds %d records after 90s, want %d", topic, len(out), min)
 		}
 		out = append(out, f.Records()...)
