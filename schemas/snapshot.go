@@ -134,26 +134,37 @@ func (d *avroReader) fail() {
 	}
 }
 
-func (d *avroReader) long() int64 {
-	if d.err != nil {
-		return 0
+// varint reads an unsigned varint of at most max bytes, as hamba does:
+// bits past the 64th are dropped, a longer varint is an error.
+func (d *avroReader) varint(max int) uint64 {
+	var v uint64
+	for i := range max {
+		if d.err != nil || d.pos >= len(d.buf) {
+			d.fail()
+			return 0
+		}
+		b := d.buf[d.pos]
+		d.pos++
+		v |= uint64(b&0x7f) << (7 * i)
+		if b&0x80 == 0 {
+			return v
+		}
 	}
-	v, n := binary.Varint(d.buf[d.pos:]) // Avro longs are zigzag varints
-	if n <= 0 {
-		d.fail()
-		return 0
-	}
-	d.pos += n
-	return v
+	d.fail()
+	return 0
 }
 
-// int reads an Avro int: a long in the range of 32 bits.
+// long reads an Avro long: a zigzag varint of at most 10 bytes.
+func (d *avroReader) long() int64 {
+	v := d.varint(10)
+	return int64(v>>1) ^ -int64(v&1)
+}
+
+// int reads an Avro int: a zigzag varint of at most 5 bytes, of which
+// hamba keeps the low 32 bits.
 func (d *avroReader) int() int32 {
-	v := d.long()
-	if v != int64(int32(v)) {
-		d.fail()
-	}
-	return int32(v)
+	v := uint32(d.varint(5))
+	return int32(v>>1) ^ -int32(v&1)
 }
 
 func (d *avroReader) bytes() []byte {
