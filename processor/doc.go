@@ -13,11 +13,14 @@
 //  2. For each partition in the poll, in parallel with the others, once the
 //     partition is restored: each command in offset order is read (headers,
 //     then payload), its aggregate's state is looked up — the batch's
-//     overlay, else the Pebble store, else the initial state — and Decide
-//     and Evolve run. Events go to partition p of A.T.events with versions
-//     v+1…, the new snapshot to partition p of A.T.snapshots, the reply to
+//     overlay, else the cache of committed states, else the Pebble store,
+//     else the initial state — and Decide and Evolve run. Events go to
+//     partition p of A.T.events with versions v+1…, the reply to
 //     ce_replyto. The new state goes into the overlay, so the next command
-//     of the same aggregate in the batch sees it.
+//     of the same aggregate in the batch sees it. At the end of the
+//     partition's share, the last state of each aggregate it touched goes
+//     to partition p of A.T.snapshots: one snapshot per aggregate per
+//     transaction, as Kafka Streams' record cache writes its changelog.
 //  3. Flush, and wait for every record's acknowledgement. Any failed record
 //     makes the transaction abort: deciding to commit before every record is
 //     known written would commit offsets without their records.
@@ -25,10 +28,11 @@
 //     with the group generation, so a worker that lost its partitions cannot
 //     commit), then EndTxn.
 //  5. Committed: the overlays are written to Pebble with each partition's
-//     checkpoint (the changelog offset after its last snapshot). Only now:
-//     Pebble never holds state of a transaction that did not commit.
-//     Aborted: the overlays are dropped and the session rewinds to the
-//     committed offsets; the commands are decided again, deterministically.
+//     checkpoint (the changelog offset after its last snapshot), and their
+//     states to the cache. Only now: neither holds state of a transaction
+//     that did not commit. Aborted: the overlays are dropped, the batch's
+//     aggregates leave the cache, and the session rewinds to the committed
+//     offsets; the commands are decided again, deterministically.
 //
 // # Recovery
 //
@@ -50,8 +54,8 @@
 // say. Every snapshot also keeps the aggregate's last DedupeWindow replies:
 // a command id seen again gets its first reply again and writes no event
 // (only its snapshot, which moves on to its offset). Every decided command
-// writes its aggregate's snapshot, also one that changed nothing, so that
-// both defences cover it.
+// is in its aggregate's snapshot of that transaction, also one that changed
+// nothing, so that both defences cover it.
 //
 // # What the worker does on each kind of error
 //

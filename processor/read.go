@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 )
@@ -66,23 +65,20 @@ func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion 
 	}
 	p := topology.Partition([]byte(id), agg.Partitions())
 	key := partitionKey{w.cfg.App.Topics(agg).Commands, p}
-	a, applied, err := w.owned(key)
-	if err != nil {
-		return Aggregate{}, err
-	}
-	for ready := false; !ready; {
+	for {
+		// applied is taken before the read, so that a write after it
+		// wakes the wait below.
+		a, applied, err := w.owned(key)
+		if err != nil {
+			return Aggregate{}, err
+		}
 		select {
 		case <-a.ready:
-			ready = true
 		case <-a.ctx.Done(): // revoked, or assigned again to restore again
-			if a, applied, err = w.owned(key); err != nil {
-				return Aggregate{}, err
-			}
+			continue
 		case <-ctx.Done():
 			return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
 		}
-	}
-	for {
 		got, err := w.readStored(agg, p, id)
 		if err != nil || got.Version >= minVersion {
 			return got, err
@@ -92,18 +88,6 @@ func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion 
 		case <-a.ctx.Done():
 		case <-ctx.Done():
 			return got, fmt.Errorf("read %s %s: at version %d, not %d: %w", aggregateType, id, got.Version, minVersion, ErrVersionNotReached)
-		}
-		if a, applied, err = w.owned(key); err != nil {
-			return Aggregate{}, err
-		}
-		select {
-		case <-a.ready:
-		default: // assigned again and restoring: wait for it
-			select {
-			case <-a.ready:
-			case <-ctx.Done():
-				return got, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
-			}
 		}
 	}
 }
@@ -132,11 +116,10 @@ func (w *Worker) readStored(agg *topology.Aggregate, p int32, id string) (Aggreg
 	if err != nil {
 		return got, err
 	}
-	d, err := agg.Schemas().Decode(schemas.SnapshotName, v)
+	snap, _, err := agg.Schemas().ReadSnapshot(v)
 	if err != nil {
 		return got, fmt.Errorf("read %s %s: snapshot: %w", agg.Name(), id, err)
 	}
-	snap := d.(schemas.Snapshot)
 	got.Version, got.State = snap.Version, snap.State
 	return got, nil
 }
