@@ -1,10 +1,14 @@
 package processor
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,7 +73,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		b.abort(abortRevoked, fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
 		return
 	}
-	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition)}
+	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.Get().(*arena)}
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
 	b.mu.Unlock()
@@ -84,32 +88,56 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 	}
 }
 
-// apply writes the committed overlays to the store. A partition that was
+// apply writes the committed overlays to the store, in one Pebble batch,
+// and puts their aggregates in the state cache. A partition that was
 // revoked (and maybe reassigned) since the batch began is skipped: its next
-// restore reads these committed snapshots from the changelog.
+// restore reads these committed snapshots from the changelog. Each
+// partition's lock is held until the write is done, so that no restore of
+// it runs meanwhile; they are taken in one order.
 func (b *batch) apply() error {
+	parts := make([]*partBatch, 0, len(b.parts))
 	for _, pb := range b.parts {
-		if pb.overlay.Len() == 0 {
-			continue
-		}
-		lock := b.w.lock(pb.a.key)
-		lock.Lock()
-		cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition)
-		var err error
-		if ok && cur == pb.a {
-			err = b.w.cfg.Store.Apply(pb.overlay, pb.next.Load())
-		}
-		lock.Unlock()
-		if err != nil {
-			return err
-		}
-		if ok && cur == pb.a {
-			pb.overlay.Each(func(id string, e statestore.Entry) {
-				b.w.cache.put(pb.a, id, e.Decoded.(*aggState), len(e.Value))
-			})
+		if pb.overlay.Len() > 0 {
+			parts = append(parts, pb)
 		}
 	}
+	slices.SortFunc(parts, func(x, y *partBatch) int {
+		return cmp.Or(strings.Compare(x.a.key.topic, y.a.key.topic), cmp.Compare(x.a.key.partition, y.a.key.partition))
+	})
+	current := parts[:0]
+	commits := make([]statestore.Commit, 0, len(parts))
+	for _, pb := range parts {
+		lock := b.w.lock(pb.a.key)
+		lock.Lock()
+		defer lock.Unlock()
+		if cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition); ok && cur == pb.a {
+			current = append(current, pb)
+			commits = append(commits, statestore.Commit{Overlay: pb.overlay, Next: pb.next.Load()})
+		}
+	}
+	if len(commits) == 0 {
+		return nil
+	}
+	if err := b.w.cfg.Store.Apply(commits...); err != nil {
+		return err
+	}
+	for _, pb := range current {
+		pb.overlay.Each(func(id string, e statestore.Entry) {
+			b.w.cache.put(pb.a, id, e.Decoded.(*aggState), len(e.Value))
+		})
+	}
 	return nil
+}
+
+// release gives the batch's arenas back for the next batches. Call it
+// once every record's promise has run and the overlays are written or
+// dropped.
+func (b *batch) release() {
+	for _, pb := range b.parts {
+		pb.ar.reset()
+		b.w.arenas.Put(pb.ar)
+		pb.ar = nil
+	}
 }
 
 // committed adds what the committed batch did to the metrics.
@@ -167,6 +195,8 @@ type partBatch struct {
 	tally   tally        // for the metrics, once committed
 	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
 	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written
+	ar      *arena       // the records and bytes produced
+	cmd     command      // the command being handled
 }
 
 // produce sends a record of kind in the batch's transaction.
@@ -227,8 +257,8 @@ func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
 func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	w := pb.b.w
 	agg := pb.a.agg
-	c, err := parseCommand(r, w.cfg.MaxPayloadBytes)
-	if err != nil {
+	c := &pb.cmd
+	if err := parseCommand(c, r, w.cfg.MaxPayloadBytes); err != nil {
 		return pb.refuse(ctx, c, schemas.Invalid, err)
 	}
 	if want := topology.Partition(r.Key, agg.Partitions()); want != r.Partition {
@@ -309,6 +339,10 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 // envelope and a full dedupe window of replies.
 const snapshotOverhead = 64 << 10
 
+// snapshotEnvelope is room enough for a snapshot's framing, varints and
+// counts, beyond its id, state and replies.
+const snapshotEnvelope = 64
+
 // decision is what Decide, Evolve and the encoders made of one command.
 type decision struct {
 	events     []encoded
@@ -386,11 +420,15 @@ func (pb *partBatch) writeSnapshots() error {
 			s = &withBytes
 		}
 		pb.bodies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
-		v := agg.Schemas().AppendSnapshot(nil, id, s.version, s.commandOffset, s.stateBytes, pb.bodies)
+		size := snapshotEnvelope + len(id) + len(s.stateBytes)
+		for _, body := range pb.bodies {
+			size += len(body) + binary.MaxVarintLen64
+		}
+		v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, pb.bodies)
 		pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
-		pb.produce(kindSnapshot, &kgo.Record{
-			Topic: pb.a.topics.Snapshots, Partition: pb.a.key.partition, Key: []byte(id), Value: v,
-		}, func(off int64) {
+		r := pb.ar.record()
+		r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v
+		pb.produce(kindSnapshot, r, func(off int64) {
 			for {
 				cur := pb.next.Load()
 				if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
@@ -407,12 +445,11 @@ func (pb *partBatch) event(c *command, v int64, e encoded) *kgo.Record {
 	// ce_id is "<aggregate id>/<version>", ce_aggregateversion its tail:
 	// one buffer holds both.
 	id := c.rec.Key
-	buf := make([]byte, 0, len(id)+21)
-	buf = strconv.AppendInt(append(append(buf, id...), '/'), v, 10)
-	return &kgo.Record{
-		Topic: pb.a.topics.Events, Partition: pb.a.key.partition, Key: id, Value: e.payload,
-		Headers: pb.headers(c, buf, typeValue(e.name), buf[len(id)+1:]),
-	}
+	buf := strconv.AppendInt(append(append(pb.ar.buf(len(id)+21), id...), '/'), v, 10)
+	r := pb.ar.record()
+	r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Events, pb.a.key.partition, id, e.payload
+	r.Headers = pb.headers(c, buf, typeValue(e.name), buf[len(id)+1:])
+	return r
 }
 
 // typeValues caches the ce_type header value of each record name.
@@ -437,18 +474,18 @@ var (
 // headers are the CloudEvents headers of what a worker emits for c; the
 // subject is the aggregate id, c's key.
 func (pb *partBatch) headers(c *command, ceID, ceType, version []byte) []kgo.RecordHeader {
-	return []kgo.RecordHeader{
-		{Key: schemas.HeaderSpecVersion, Value: specVersionValue},
-		{Key: schemas.HeaderID, Value: ceID},
-		{Key: schemas.HeaderType, Value: ceType},
-		{Key: schemas.HeaderSource, Value: pb.a.sourceValue},
-		{Key: schemas.HeaderSubject, Value: c.rec.Key},
-		{Key: schemas.HeaderTime, Value: c.rawTime},
-		{Key: schemas.HeaderContentType, Value: contentTypeValue},
-		{Key: schemas.HeaderCorrelationID, Value: c.rawCorrelationID},
-		{Key: schemas.HeaderCausationID, Value: c.rawID},
-		{Key: schemas.HeaderAggregateVersion, Value: version},
-	}
+	h := pb.ar.headerSlice(10)
+	h[0] = kgo.RecordHeader{Key: schemas.HeaderSpecVersion, Value: specVersionValue}
+	h[1] = kgo.RecordHeader{Key: schemas.HeaderID, Value: ceID}
+	h[2] = kgo.RecordHeader{Key: schemas.HeaderType, Value: ceType}
+	h[3] = kgo.RecordHeader{Key: schemas.HeaderSource, Value: pb.a.sourceValue}
+	h[4] = kgo.RecordHeader{Key: schemas.HeaderSubject, Value: c.rec.Key}
+	h[5] = kgo.RecordHeader{Key: schemas.HeaderTime, Value: c.rawTime}
+	h[6] = kgo.RecordHeader{Key: schemas.HeaderContentType, Value: contentTypeValue}
+	h[7] = kgo.RecordHeader{Key: schemas.HeaderCorrelationID, Value: c.rawCorrelationID}
+	h[8] = kgo.RecordHeader{Key: schemas.HeaderCausationID, Value: c.rawID}
+	h[9] = kgo.RecordHeader{Key: schemas.HeaderAggregateVersion, Value: version}
+	return h
 }
 
 // reply sends rep to the command's ce_replyto. A reply topic that does not
@@ -483,14 +520,13 @@ func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Repl
 		p = topology.Partition([]byte(c.id), n)
 	}
 	// ce_id is "<command id>/reply", then ce_aggregateversion: one buffer.
-	buf := make([]byte, 0, len(c.rawID)+26)
-	buf = append(append(buf, c.rawID...), "/reply"...)
+	buf := append(append(pb.ar.buf(len(c.rawID)+26), c.rawID...), "/reply"...)
 	idEnd := len(buf)
 	buf = strconv.AppendInt(buf, rep.Version, 10)
-	pb.produce(kindReply, &kgo.Record{
-		Topic: c.replyTo, Partition: p, Key: c.rawID, Value: v,
-		Headers: pb.headers(c, buf[:idEnd:idEnd], replyTypeValue, buf[idEnd:]),
-	}, nil)
+	r := pb.ar.record()
+	r.Topic, r.Partition, r.Key, r.Value = c.replyTo, p, c.rawID, v
+	r.Headers = pb.headers(c, buf[:idEnd:idEnd], replyTypeValue, buf[idEnd:])
+	pb.produce(kindReply, r, nil)
 	return nil
 }
 

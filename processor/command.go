@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/deciderhq/decider/schemas"
@@ -52,25 +53,25 @@ func invalid(reason, format string, args ...any) error {
 	return &invalidError{reason: reason, detail: fmt.Sprintf(format, args...)}
 }
 
-// parseCommand reads a command's headers. It returns the envelope even on
-// error, filled as far as it could be read, so that the INVALID reply still
+// parseCommand reads a command's headers into c. It fills the envelope even
+// on error, as far as it could be read, so that the INVALID reply still
 // reaches a readable ce_replyto.
-func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
-	c := &command{rec: r, replyPartition: -1, expectedVersion: -1}
-	var specVersion string
+func parseCommand(c *command, r *kgo.Record, maxPayload int) error {
+	*c = command{rec: r, replyPartition: -1, expectedVersion: -1}
+	var specVersion []byte
 	var badHeader error
 	for _, h := range r.Headers {
 		switch h.Key {
 		case schemas.HeaderSpecVersion:
-			specVersion = string(h.Value)
+			specVersion = h.Value
 		case schemas.HeaderID:
 			c.id, c.rawID = string(h.Value), h.Value
 		case schemas.HeaderType:
-			c.typ = string(h.Value)
+			c.typ = names.intern(h.Value)
 		case schemas.HeaderSource:
 			c.hasSource = len(h.Value) > 0
 		case schemas.HeaderReplyTo:
-			c.replyTo = string(h.Value)
+			c.replyTo = names.intern(h.Value)
 		case schemas.HeaderReplyPartition:
 			if p, err := strconv.ParseInt(string(h.Value), 10, 32); err == nil && p >= 0 {
 				c.replyPartition = int32(p)
@@ -116,19 +117,45 @@ func parseCommand(r *kgo.Record, maxPayload int) (*command, error) {
 	}
 	switch {
 	case len(r.Key) == 0:
-		return c, invalid("missing_key", "a command's key is its aggregate id")
+		return invalid("missing_key", "a command's key is its aggregate id")
 	case c.id == "":
-		return c, invalid("missing_header", "%s is required", schemas.HeaderID)
+		return invalid("missing_header", "%s is required", schemas.HeaderID)
 	case c.typ == "":
-		return c, invalid("missing_header", "%s is required", schemas.HeaderType)
+		return invalid("missing_header", "%s is required", schemas.HeaderType)
 	case !c.hasSource:
-		return c, invalid("missing_header", "%s is required", schemas.HeaderSource)
-	case specVersion != schemas.SpecVersion:
-		return c, invalid("bad_specversion", "%s is %q, want %q", schemas.HeaderSpecVersion, specVersion, schemas.SpecVersion)
+		return invalid("missing_header", "%s is required", schemas.HeaderSource)
+	case string(specVersion) != schemas.SpecVersion:
+		return invalid("bad_specversion", "%s is %q, want %q", schemas.HeaderSpecVersion, specVersion, schemas.SpecVersion)
 	case len(r.Value) > maxPayload:
-		return c, invalid("too_large", "payload of %d bytes exceeds the limit of %d", len(r.Value), maxPayload)
+		return invalid("too_large", "payload of %d bytes exceeds the limit of %d", len(r.Value), maxPayload)
 	}
-	return c, badHeader
+	return badHeader
+}
+
+// names interns the header values that repeat from command to command
+// (types, reply topics), so that reading them allocates nothing.
+var names = interner{m: map[string]string{}}
+
+// maxInterned bounds the interned strings: values past it are converted
+// each time.
+const maxInterned = 4096
+
+type interner struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+func (in *interner) intern(b []byte) string {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if s, ok := in.m[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	if len(in.m) < maxInterned {
+		in.m[s] = s
+	}
+	return s
 }
 
 // decodeError maps a payload decoding error to an INVALID reason.

@@ -115,6 +115,7 @@ type Worker struct {
 	applied chan struct{}              // closed (and replaced) when Pebble was written
 	locks   sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
 	wg      sync.WaitGroup             // restore goroutines
+	arenas  sync.Pool                  // *arena, for the partitions of a batch
 }
 
 type partitionKey struct {
@@ -171,6 +172,7 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
 		parts:   map[partitionKey]*assigned{},
 		applied: make(chan struct{}),
+		arenas:  sync.Pool{New: func() any { return new(arena) }},
 	}
 	w.cache = newStateCache(cfg.StateCacheBytes)
 	w.metrics = newMetrics(cfg.Registerer, cfg.Store, w.cache, w.Ready)
@@ -327,6 +329,7 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		_ = w.sess.Client().AbortBufferedRecords(endCtx)
 	}
 	b.produced.Wait()
+	defer b.release() // after the overlays are written or dropped
 	w.at(AfterProduce)
 	abortKind, abortErr := b.abortReason()
 	if abortErr != nil {

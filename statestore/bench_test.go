@@ -28,7 +28,7 @@ func BenchmarkOverlay(b *testing.B) {
 	ids := benchIDs(batch)
 	e := Entry{Value: snapshotValue}
 	b.Run("put", func(b *testing.B) {
-		o := NewOverlay("account", 0)
+		o := NewOverlay("account", 0, 0)
 		i := 0
 		for b.Loop() {
 			o.Put(ids[i%batch], e)
@@ -36,7 +36,7 @@ func BenchmarkOverlay(b *testing.B) {
 		}
 	})
 	b.Run("get", func(b *testing.B) {
-		o := NewOverlay("account", 0)
+		o := NewOverlay("account", 0, 0)
 		for _, id := range ids {
 			o.Put(id, e)
 		}
@@ -57,11 +57,11 @@ func BenchmarkStore(b *testing.B) {
 	s := openStore(b, b.TempDir())
 	ids := benchIDs(aggregates)
 	for i := 0; i < aggregates; i += batch {
-		o := NewOverlay("account", 0)
+		o := NewOverlay("account", 0, 0)
 		for _, id := range ids[i : i+batch] {
 			o.Put(id, Entry{Value: snapshotValue})
 		}
-		if err := s.Apply(o, int64(i+batch)); err != nil {
+		if err := s.Apply(Commit{o, int64(i + batch)}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -84,12 +84,12 @@ func BenchmarkStore(b *testing.B) {
 	b.Run("apply-1000", func(b *testing.B) {
 		next := int64(aggregates)
 		for b.Loop() {
-			o := NewOverlay("account", 1)
+			o := NewOverlay("account", 1, 0)
 			for _, id := range ids[next%aggregates : next%aggregates+batch] {
 				o.Put(id, Entry{Value: snapshotValue})
 			}
 			next += batch
-			if err := s.Apply(o, next); err != nil {
+			if err := s.Apply(Commit{o, next}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -21,9 +21,10 @@ type Entry struct {
 	Decoded any
 }
 
-// NewOverlay returns an empty overlay of partition p of type typ.
-func NewOverlay(typ string, p int32) *Overlay {
-	return &Overlay{typ: typ, partition: p, entries: map[string]Entry{}}
+// NewOverlay returns an empty overlay of partition p of type typ, with
+// room for about n aggregates.
+func NewOverlay(typ string, p int32, n int) *Overlay {
+	return &Overlay{typ: typ, partition: p, entries: make(map[string]Entry, n)}
 }
 
 // Get returns the entry of aggregate id, if the open transaction wrote one.

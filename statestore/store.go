@@ -127,22 +127,33 @@ func (s *Store) Checkpoint(typ string, p int32) (int64, error) {
 	return int64(binary.BigEndian.Uint64(v)), nil
 }
 
-// Apply writes the overlay's snapshots of its partition and the checkpoint
-// next (the changelog offset after them) in one batch. Call it only once
-// the transaction that produced those snapshots is committed in Kafka.
-func (s *Store) Apply(o *Overlay, next int64) error {
+// Commit is what one committed transaction wrote to one partition: its
+// overlay, and Next, the changelog offset after the overlay's snapshots (the
+// partition's new checkpoint).
+type Commit struct {
+	Overlay *Overlay
+	Next    int64
+}
+
+// Apply writes the snapshots of every commit's overlay and each partition's
+// checkpoint in one Pebble batch. Call it only once the transaction that
+// produced those snapshots is committed in Kafka.
+func (s *Store) Apply(cs ...Commit) error {
 	b := s.db.NewBatch()
 	defer b.Close()
-	for id, e := range o.entries {
-		if err := put(b, snapshotKey(o.typ, o.partition, id), e.Value); err != nil {
+	for _, c := range cs {
+		o := c.Overlay
+		for id, e := range o.entries {
+			if err := put(b, snapshotKey(o.typ, o.partition, id), e.Value); err != nil {
+				return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
+			}
+		}
+		if err := b.Set(checkpointKey(o.typ, o.partition), binary.BigEndian.AppendUint64(nil, uint64(c.Next)), nil); err != nil {
 			return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
 		}
 	}
-	if err := b.Set(checkpointKey(o.typ, o.partition), binary.BigEndian.AppendUint64(nil, uint64(next)), nil); err != nil {
-		return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
-	}
 	if err := b.Commit(s.wo); err != nil {
-		return fmt.Errorf("apply %s/%d at %d: %w", o.typ, o.partition, next, err)
+		return fmt.Errorf("apply %d partitions: %w", len(cs), err)
 	}
 	return nil
 }

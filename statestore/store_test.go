@@ -27,16 +27,13 @@ func TestApplyGetDrop(t *testing.T) {
 	if _, err := s.Get("account", 0, "a"); err != ErrNotFound {
 		t.Fatalf("Get on empty store: %v, want ErrNotFound", err)
 	}
-	o := NewOverlay("account", 0)
+	o := NewOverlay("account", 0, 0)
 	o.Put("a", Entry{Value: []byte("a1")})
 	o.Put("a", Entry{Value: []byte("a2")})
 	o.Put("b", Entry{Value: []byte("b1")})
-	if err := s.Apply(o, 7); err != nil {
-		t.Fatal(err)
-	}
-	other := NewOverlay("account", 1)
+	other := NewOverlay("account", 1, 0)
 	other.Put("a", Entry{Value: []byte("other")})
-	if err := s.Apply(other, 3); err != nil {
+	if err := s.Apply(Commit{o, 7}, Commit{other, 3}); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := s.Get("account", 0, "a"); err != nil || string(v) != "a2" {
@@ -44,6 +41,9 @@ func TestApplyGetDrop(t *testing.T) {
 	}
 	if c, _ := s.Checkpoint("account", 0); c != 7 {
 		t.Fatalf("checkpoint = %d, want 7", c)
+	}
+	if c, _ := s.Checkpoint("account", 1); c != 3 {
+		t.Fatalf("checkpoint of partition 1 = %d, want 3", c)
 	}
 	if err := s.Drop("account", 0); err != nil {
 		t.Fatal(err)
@@ -168,9 +168,9 @@ func TestRestoreOutOfRangeCheckpoint(t *testing.T) {
 	}
 	// Local state from an older life of the log: a stale aggregate and a
 	// checkpoint of 2.
-	o := NewOverlay("account", 0)
+	o := NewOverlay("account", 0, 0)
 	o.Put("stale", Entry{Value: []byte("x")})
-	if err := s.Apply(o, 2); err != nil {
+	if err := s.Apply(Commit{o, 2}); err != nil {
 		t.Fatal(err)
 	}
 	adm := kadm.NewClient(w)
@@ -195,7 +195,7 @@ func TestRestoreOutOfRangeCheckpoint(t *testing.T) {
 
 	// Past the end.
 	o.Put("stale", Entry{Value: []byte("x")})
-	if err := s.Apply(o, 1000); err != nil {
+	if err := s.Apply(Commit{o, 1000}); err != nil {
 		t.Fatal(err)
 	}
 	if st, err = s.Restore(ctx, src, "account", 0); err != nil || !st.Full {

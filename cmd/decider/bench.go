@@ -79,6 +79,7 @@ type bench struct {
 	duration   time.Duration
 	restoreN   int
 	cpuprofile string
+	brokerPID  int // of a broker child process; 0 for none
 	log        *slog.Logger
 	progress   io.Writer
 }
@@ -145,7 +146,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	stopBroker := func() (int64, error) { return 0, nil }
 	if len(seeds) == 0 {
 		res.Broker = *brokerKind + " (kfake)"
-		if seeds, stopBroker, err = startBenchBroker(ctx, *brokerKind, dir); err != nil {
+		if seeds, b.brokerPID, stopBroker, err = startBenchBroker(ctx, *brokerKind, dir); err != nil {
 			return err
 		}
 	}
@@ -253,6 +254,11 @@ type systemResult struct {
 	StartupS  float64   `json:"startup_s"`  // start to first poll: joining the group, restoring
 	Latency   []latency `json:"latency"`
 	PeakRSS   int64     `json:"peak_rss_bytes"`
+	// CPU time per command of the flat-out run, start to end, in µs: of
+	// this process (the system measured; nothing else runs in it then), and
+	// of the broker child process (0 for another broker).
+	CPUus       float64 `json:"cpu_us_per_command"`
+	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
 	DiskBytes int64     `json:"disk_bytes"` // the state store's files after the run
 }
 
@@ -275,7 +281,7 @@ func (b *bench) measure(ctx context.Context, name string, run func(context.Conte
 	var disk int64
 	done := make(chan error, 1)
 	b.say("%s: flat out", name)
-	began := time.Now()
+	began, cpuBegan, brokerBegan := time.Now(), cpuTime(0), cpuTime(b.brokerPID)
 	go func() {
 		defer running()
 		var err error
@@ -291,6 +297,10 @@ func (b *bench) measure(ctx context.Context, name string, run func(context.Conte
 		return fail(err)
 	}
 	stopProfile()
+	res.CPUus = float64((cpuTime(0)-cpuBegan).Microseconds()) / float64(b.commands)
+	if b.brokerPID != 0 {
+		res.BrokerCPUus = float64((cpuTime(b.brokerPID)-brokerBegan).Microseconds()) / float64(b.commands)
+	}
 	start := time.Unix(0, first.Load())
 	res.StartupS, res.FlatOutS = start.Sub(began).Seconds(), end.Sub(start).Seconds()
 	res.PerS = float64(b.commands) / res.FlatOutS
@@ -375,41 +385,41 @@ func (b *bench) runReference(ctx context.Context, app *topology.App, polled func
 }
 
 // startBenchBroker starts a kfake broker on a free port of 127.0.0.1 with
-// its log under dir: a `decider broker` child process of this executable,
-// or one in this process. stop stops it and returns its peak RSS (0 when it
-// runs in this process).
-func startBenchBroker(ctx context.Context, kind, dir string) (seeds []string, stop func() (int64, error), err error) {
+// its log under dir: a `decider broker` child process of this executable
+// (pid), or one in this process (pid 0). stop stops it and returns its peak
+// RSS (0 when it runs in this process).
+func startBenchBroker(ctx context.Context, kind, dir string) (seeds []string, pid int, stop func() (int64, error), err error) {
 	addr, err := freeLocalAddr()
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	dir, err = os.MkdirTemp(dir, "broker-")
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	switch kind {
 	case "embedded":
 		c, err := startBroker(addr, dir)
 		if err != nil {
-			return nil, nil, err
+			return nil, 0, nil, err
 		}
-		return []string{addr}, func() (int64, error) { c.Close(); return 0, nil }, nil
+		return []string{addr}, 0, func() (int64, error) { c.Close(); return 0, nil }, nil
 	case "process":
 	default:
-		return nil, nil, fmt.Errorf(`--broker %q: want "process" or "embedded"`, kind)
+		return nil, 0, nil, fmt.Errorf(`--broker %q: want "process" or "embedded"`, kind)
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, nil, fmt.Errorf("broker process: %w", err)
+		return nil, 0, nil, fmt.Errorf("broker process: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, exe, "broker", "--listen", addr, "--data-dir", dir)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("broker process: %w", err)
+		return nil, 0, nil, fmt.Errorf("broker process: %w", err)
 	}
 	stop = func() (int64, error) {
 		peak := peakRSS(cmd.Process.Pid)
@@ -427,10 +437,10 @@ func startBenchBroker(ctx context.Context, kind, dir string) (seeds []string, st
 	// It prints one line once it listens.
 	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
 		_, serr := stop()
-		return nil, nil, fmt.Errorf("broker process did not start: %w", errors.Join(err, serr))
+		return nil, 0, nil, fmt.Errorf("broker process did not start: %w", errors.Join(err, serr))
 	}
 	go func() { _, _ = io.Copy(io.Discard, out) }()
-	return []string{addr}, stop, nil
+	return []string{addr}, cmd.Process.Pid, stop, nil
 }
 
 // restoreResult is what the restore run measured.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // benchResult is everything one run of `decider bench` measured.
@@ -74,6 +75,7 @@ func (r *benchResult) summary() map[string]any {
 	d, ref := r.Decider, r.Reference
 	m := map[string]any{
 		"throughput_ratio":         ratio(d.PerS, ref.PerS),
+		"cpu_ratio":                ratio(d.CPUus, ref.CPUus),
 		"commands_per_s":           d.PerS,
 		"reference_per_s":          ref.PerS,
 		"startup_s":                d.StartupS,
@@ -119,6 +121,10 @@ func (r *benchResult) table(w io.Writer) {
 	fmt.Fprintf(w, "%-28s %12s %12s %18s\n", "", "decider", "reference", "decider/reference")
 	d, ref := r.Decider, r.Reference
 	row("flat out, commands/s", d.PerS, ref.PerS, "%.0f")
+	row("CPU per command, µs", d.CPUus, ref.CPUus, "%.1f")
+	if d.BrokerCPUus > 0 {
+		row("broker CPU per command, µs", d.BrokerCPUus, ref.BrokerCPUus, "%.1f")
+	}
 	row("startup (join, restore), s", d.StartupS, ref.StartupS, "%.2f")
 	for i, l := range d.Latency {
 		rl := ref.Latency[i]
@@ -164,6 +170,33 @@ func peakRSS(pid int) int64 {
 		return 0
 	}
 	return ru.Maxrss << 10 // kilobytes on Linux
+}
+
+// cpuTime returns the CPU time (user and system) process pid has used:
+// this process's for pid 0, from getrusage; another's from /proc (Linux),
+// else 0.
+func cpuTime(pid int) time.Duration {
+	if pid == 0 {
+		var ru syscall.Rusage
+		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+			return 0
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses: utime
+	// and stime are the 12th and 13th, in clock ticks (100 per second).
+	_, rest, _ := bytes.Cut(b, []byte(") "))
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(u+s) * (time.Second / 100)
 }
 
 // dirSize returns the bytes of the files under dir.

@@ -1,0 +1,72 @@
+package processor
+
+import "github.com/twmb/franz-go/pkg/kgo"
+
+// arena hands out what one partition's batch produces and forgets once the
+// batch is over: the records, their header slices, and bytes (ids, snapshot
+// values). Allocating them one by one was a third of the worker's garbage;
+// an arena is reused by a later batch once every record of its batch is
+// acknowledged (franz-go does not touch a record after its promise) and
+// its overlay is written. What outlives the batch (a state, a dedupe
+// window's reply) is never taken from it.
+//
+// An arena is used by one goroutine at a time. Each kind is one chunk; a
+// chunk that fills up is replaced by one twice as large, and the full one
+// is left to the records that point into it.
+type arena struct {
+	recs    []kgo.Record
+	headers []kgo.RecordHeader
+	bytes   []byte
+}
+
+// Bounds of what an arena keeps for the next batch, and of one buf.
+const (
+	arenaKeepBytes = 4 << 20
+	arenaMaxBuf    = 64 << 10
+)
+
+// reset makes the arena's chunks reusable: call it only once nothing from
+// them is referenced any more. A byte chunk grown past arenaKeepBytes is
+// let go, so that one batch of large states does not stay in memory.
+func (ar *arena) reset() {
+	ar.recs, ar.headers, ar.bytes = ar.recs[:0], ar.headers[:0], ar.bytes[:0]
+	if cap(ar.bytes) > arenaKeepBytes {
+		ar.bytes = nil
+	}
+}
+
+// record returns a zero record.
+func (ar *arena) record() *kgo.Record {
+	if len(ar.recs) == cap(ar.recs) {
+		ar.recs = make([]kgo.Record, 0, max(64, 2*cap(ar.recs)))
+	}
+	ar.recs = ar.recs[:len(ar.recs)+1]
+	r := &ar.recs[len(ar.recs)-1]
+	*r = kgo.Record{}
+	return r
+}
+
+// headerSlice returns a slice of n headers.
+func (ar *arena) headerSlice(n int) []kgo.RecordHeader {
+	if cap(ar.headers)-len(ar.headers) < n {
+		ar.headers = make([]kgo.RecordHeader, 0, max(64*n, 2*cap(ar.headers)))
+	}
+	start := len(ar.headers)
+	ar.headers = ar.headers[:start+n]
+	return ar.headers[start : start+n : start+n]
+}
+
+// buf returns an empty slice with room for n bytes, to append to (an
+// append past n reallocates, it never overwrites). More than arenaMaxBuf
+// bytes are not taken from the arena.
+func (ar *arena) buf(n int) []byte {
+	if n > arenaMaxBuf {
+		return make([]byte, 0, n)
+	}
+	if cap(ar.bytes)-len(ar.bytes) < n {
+		ar.bytes = make([]byte, 0, max(arenaMaxBuf, 2*cap(ar.bytes)))
+	}
+	start := len(ar.bytes)
+	ar.bytes = ar.bytes[:start+n]
+	return ar.bytes[start : start : start+n]
+}
