@@ -15,7 +15,9 @@
 //     end and keeps only committed snapshots). A checkpoint that no longer fits
 //     the log (below its start, or past its end) drops the partition's
 //     state and restores it fully; it never continues from a silently
-//     partial store.
+//     partial store. It writes what it reads in chunks, each sorted into a
+//     table that Pebble ingests atomically with the partition's checkpoint
+//     (no memtable, WAL, flush or compaction of a fresh store's data).
 //
 // The package knows nothing of consumer groups: it reads one changelog
 // partition with a plain client.

@@ -1,13 +1,21 @@
 package statestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -32,16 +40,13 @@ type RestoreStats struct {
 	Took     time.Duration
 }
 
-// restoreBatch is how many records Restore writes per Pebble batch (with
-// the checkpoint after them). Each batch is synced, whatever Options.Sync
-// says: a crash in the middle of a long restore keeps every batch before it,
-// for the price of one fsync per batch.
-const restoreBatch = 4096
-
 // Restore brings partition p of type typ up to date: it reads the changelog
 // partition (read_committed) from the stored checkpoint to the high
-// watermark, and writes every snapshot it finds, with the checkpoint after each
-// batch.
+// watermark, and writes every snapshot it finds, with the checkpoint after
+// them, in chunks of Options.RestoreBuffer bytes. Each chunk is sorted and
+// written as a table that Pebble ingests atomically and durably, checkpoint
+// included: a crash in the middle of a long restore keeps every chunk
+// before it, and a snapshot never reaches the store without its checkpoint.
 //
 // When the checkpoint is below the log start offset (records were deleted:
 // KAFKA-20663) or above the end (the topic was recreated), the partition's
@@ -65,6 +70,7 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
+		kgo.FetchMaxPartitionBytes(int32(min(s.restore, 64<<20))),
 	)...)
 	if err != nil {
 		return fail(err)
@@ -83,18 +89,11 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 	cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{src.Topic: {p: kgo.NewOffset().At(next)}})
 	st.To = end
 
-	b := s.db.NewBatch()
-	defer func() { b.Close() }()
-	pending := 0
+	var chunk restoreChunk
 	flush := func() error {
-		if err := b.Set(checkpointKey(typ, p), binary.BigEndian.AppendUint64(nil, uint64(next)), nil); err != nil {
+		if err := s.writeChunk(typ, p, &chunk, next); err != nil {
 			return err
 		}
-		if err := b.Commit(pebble.Sync); err != nil {
-			return err
-		}
-		b.Close()
-		b, pending = s.db.NewBatch(), 0
 		if src.Progress != nil {
 			src.Progress(st.Records)
 		}
@@ -116,11 +115,9 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 			if r.Attrs.IsControl() {
 				continue
 			}
-			if err := put(b, snapshotKey(typ, p, string(r.Key)), r.Value); err != nil {
-				return fail(err)
-			}
+			chunk.add(typ, p, r.Key, r.Value)
 			st.Records++
-			if pending++; pending >= restoreBatch {
+			if chunk.bytes >= s.restore {
 				if err := flush(); err != nil {
 					return fail(err)
 				}
@@ -132,6 +129,88 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 	}
 	st.Took = time.Since(start)
 	return st, nil
+}
+
+// restoreChunk is the snapshots a restore holds before writing them: their
+// keys one after another in keys, so that a snapshot costs no allocation of
+// its own.
+type restoreChunk struct {
+	keys    []byte
+	entries []restored
+	bytes   int
+}
+
+// restored is one snapshot record read from the changelog: its key is
+// keys[start:end] of its chunk; a nil value is a tombstone.
+type restored struct {
+	start, end int
+	value      []byte
+}
+
+func (c *restoreChunk) add(typ string, p int32, id, value []byte) {
+	start := len(c.keys)
+	c.keys = append(appendPartitionPrefix(c.keys, 's', typ, p), id...)
+	c.entries = append(c.entries, restored{start, len(c.keys), value})
+	c.bytes += len(c.keys) - start + len(value) + 48 // and the entry
+}
+
+func (c *restoreChunk) key(e restored) []byte { return c.keys[e.start:e.end] }
+
+func (c *restoreChunk) reset() {
+	clear(c.entries) // the values belong to fetched batches
+	c.keys, c.entries, c.bytes = c.keys[:0], c.entries[:0], 0
+}
+
+// writeChunk writes the chunk's snapshots, the last of each key, and
+// partition p's checkpoint next, in one atomic, durable step, and empties
+// the chunk. A chunk with snapshots becomes a table that is ingested; one
+// without (only control records or aborted data were read) moves the
+// checkpoint with a batch.
+func (s *Store) writeChunk(typ string, p int32, c *restoreChunk, next int64) error {
+	checkpoint := binary.BigEndian.AppendUint64(nil, uint64(next))
+	defer c.reset()
+	if len(c.entries) == 0 {
+		b := s.db.NewBatch()
+		defer b.Close()
+		if err := b.Set(checkpointKey(typ, p), checkpoint, nil); err != nil {
+			return err
+		}
+		return b.Commit(pebble.Sync)
+	}
+	// Stable, so that of one key's snapshots the last read stays last.
+	slices.SortStableFunc(c.entries, func(a, b restored) int { return bytes.Compare(c.key(a), c.key(b)) })
+	path := filepath.Join(s.tmp, fmt.Sprintf("%s-%d-%d.sst", hex.EncodeToString([]byte(typ)), p, next))
+	f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path) // ingesting links it into the store
+	w := sstable.NewWriter(objstorageprovider.NewFileWritable(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
+	// The checkpoint key ('c' …) sorts before every snapshot key ('s' …).
+	err = w.Set(checkpointKey(typ, p), checkpoint)
+	for i, e := range c.entries {
+		if err != nil {
+			break
+		}
+		switch {
+		case i+1 < len(c.entries) && bytes.Equal(c.key(e), c.key(c.entries[i+1])):
+			// a later snapshot of the same aggregate follows
+		case e.value == nil:
+			err = w.Delete(c.key(e))
+		default:
+			err = w.Set(c.key(e), e.value)
+		}
+	}
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write table %s: %w", path, err)
+	}
+	if err := s.db.Ingest(context.Background(), []string{path}); err != nil {
+		return fmt.Errorf("ingest %s: %w", path, err)
+	}
+	return nil
 }
 
 // bounds returns the log start offset and the high watermark of a

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -28,6 +30,12 @@ type Options struct {
 	// machine crash is restored from the changelog from the checkpoint,
 	// which is lost with it.
 	Sync bool
+	// RestoreBuffer is how many bytes of snapshots one partition's restore
+	// holds in memory before it writes them, sorted, as a table that Pebble
+	// ingests whole (no memtable, WAL or flush). Larger means fewer,
+	// larger tables that overlap less; a restore holds about this much at
+	// a time. Default 8 MiB.
+	RestoreBuffer int
 }
 
 // Store is the local state of a worker: the latest snapshot of every
@@ -35,16 +43,19 @@ type Options struct {
 // checkpoint, the next changelog offset not yet reflected in the store.
 //
 // A snapshot and the checkpoint that covers it are written in one Pebble
-// batch, so the store always holds a prefix of the committed changelog of
+// batch or one ingested table, so the store always holds a prefix of the committed changelog of
 // each partition: never ahead of Kafka, possibly behind.
 //
 // Store is safe for concurrent use; callers keep writes of one partition in
 // one goroutine at a time (Apply, Restore and Drop of the same partition
 // must not overlap).
 type Store struct {
-	db    *pebble.DB
-	cache *pebble.Cache
-	wo    *pebble.WriteOptions
+	db      *pebble.DB
+	opts    *pebble.Options
+	cache   *pebble.Cache
+	wo      *pebble.WriteOptions
+	tmp     string // where a restore writes its tables before ingesting them
+	restore int    // Options.RestoreBuffer
 }
 
 // Open opens (creating if needed) the store in dir.
@@ -60,8 +71,22 @@ func Open(dir string, o *Options) (*Store, error) {
 	if memtable == 0 {
 		memtable = 64 << 20
 	}
+	restore := o.RestoreBuffer
+	if restore <= 0 {
+		restore = 8 << 20
+	}
+	// Tables a restore did not get to ingest before a crash are garbage.
+	tmp := filepath.Join(dir, "restore-tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		return nil, fmt.Errorf("open state store %s: %w", dir, err)
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return nil, fmt.Errorf("open state store %s: %w", dir, err)
+	}
 	cache := pebble.NewCache(size)
-	db, err := pebble.Open(dir, &pebble.Options{Cache: cache, Logger: quietLogger{}, MemTableSize: memtable})
+	opts := &pebble.Options{Cache: cache, Logger: quietLogger{}, MemTableSize: memtable}
+	opts.EnsureDefaults()
+	db, err := pebble.Open(dir, opts)
 	if err != nil {
 		cache.Unref()
 		return nil, fmt.Errorf("open state store %s: %w", dir, err)
@@ -70,7 +95,7 @@ func Open(dir string, o *Options) (*Store, error) {
 	if o.Sync {
 		wo = pebble.Sync
 	}
-	return &Store{db: db, cache: cache, wo: wo}, nil
+	return &Store{db: db, opts: opts, cache: cache, wo: wo, tmp: tmp, restore: restore}, nil
 }
 
 // Close flushes and closes the store. Call it once.
@@ -83,7 +108,10 @@ func (s *Store) Close() error {
 // Key layout: 's' type 0x00 partition(4, big endian) id → snapshot record
 // value; 'c' type 0x00 partition(4) → checkpoint (8, big endian).
 func partitionPrefix(kind byte, typ string, p int32) []byte {
-	k := make([]byte, 0, len(typ)+6+16)
+	return appendPartitionPrefix(make([]byte, 0, len(typ)+6+16), kind, typ, p)
+}
+
+func appendPartitionPrefix(k []byte, kind byte, typ string, p int32) []byte {
 	k = append(k, kind)
 	k = append(k, typ...)
 	k = append(k, 0)

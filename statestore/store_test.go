@@ -205,3 +205,56 @@ func TestRestoreOutOfRangeCheckpoint(t *testing.T) {
 		t.Fatalf("stale state survived: %q", got)
 	}
 }
+
+// A restore written in many chunks (tables ingested one after another,
+// overlapping each other and what Apply wrote) ends in the same state as
+// one written at once: the last snapshot of each aggregate wins, a
+// tombstone in a later chunk deletes one from an earlier chunk, and each
+// chunk moves the checkpoint.
+func TestRestoreInChunks(t *testing.T) {
+	src, w := changelog(t)
+	ctx := context.Background()
+	txn(t, w, true, "a", "a1", "b", "b1", "c", "c1")
+	txn(t, w, true, "a", "a2", "b", "", "a", "a3")
+	txn(t, w, true, "d", "d1", "c", "c2")
+	want := map[string]string{"a": "a3", "b": "<none>", "c": "c2", "d": "d1", "e": "e-applied"}
+	for _, buffer := range []int{1, 30, 0} {
+		t.Run(fmt.Sprint("buffer ", buffer), func(t *testing.T) {
+			s, err := Open(t.TempDir(), &Options{RestoreBuffer: buffer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			// In the memtable already: an aggregate the log does not have
+			// and an older b; the checkpoint stays 0.
+			o := NewOverlay("account", 0, 0)
+			o.Put("e", Entry{Value: []byte("e-applied")})
+			o.Put("b", Entry{Value: []byte("b-applied")})
+			if err := s.Apply(Commit{o, 0}); err != nil {
+				t.Fatal(err)
+			}
+			var progress []int
+			st, err := s.Restore(ctx, Changelog{Topic: src.Topic, Kafka: src.Kafka, Progress: func(n int) { progress = append(progress, n) }}, "account", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Records != 8 {
+				t.Fatalf("restored %d records, want 8", st.Records)
+			}
+			for id, v := range want {
+				if got := get(t, s, id); got != v {
+					t.Errorf("%s = %q, want %q", id, got, v)
+				}
+			}
+			if cp, _ := s.Checkpoint("account", 0); cp != st.To {
+				t.Errorf("checkpoint %d, want the end %d", cp, st.To)
+			}
+			switch {
+			case buffer == 1 && len(progress) != 9: // a chunk per record, and the end
+				t.Errorf("progress %v: want a chunk per record", progress)
+			case buffer == 0 && len(progress) != 1:
+				t.Errorf("progress %v: want one chunk", progress)
+			}
+		})
+	}
+}

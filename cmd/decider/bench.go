@@ -57,7 +57,7 @@ Examples:
   decider bench
   decider bench --accounts 1000000 --json
   decider bench --quick --broker embedded
-  decider bench --cpuprofile /tmp/bench   # /tmp/bench.decider.pprof, /tmp/bench.reference.pprof
+  decider bench --cpuprofile /tmp/bench   # /tmp/bench.{decider,reference,restore}.pprof
 `
 
 // quickFlags are --quick's sizes, for the flags not given otherwise.
@@ -94,7 +94,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
 	duration := fs.Duration("duration", 10*time.Second, "length of each latency run")
 	restoreN := fs.Int("restore-aggregates", 1000000, "snapshots in the changelog of the restore run")
-	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs to `prefix`.decider.pprof and prefix.reference.pprof")
+	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs and the restore to `prefix`.decider.pprof, prefix.reference.pprof and prefix.restore.pprof")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of the table")
 	quick := fs.Bool("quick", false, "small sizes, for a smoke test: "+fmt.Sprint(quickFlags))
 	if err := parse(fs, args); err != nil {
@@ -450,6 +450,10 @@ type restoreResult struct {
 	PerS       float64 `json:"per_s"`
 	PeakRSS    int64   `json:"peak_rss_bytes"`
 	DiskBytes  int64   `json:"disk_bytes"`
+	// CPU time per snapshot, in µs, of this process and of the broker
+	// child process (0 for another broker).
+	CPUus       float64 `json:"cpu_us_per_snapshot"`
+	BrokerCPUus float64 `json:"broker_cpu_us_per_snapshot"`
 }
 
 // measureRestore fills a changelog with --restore-aggregates snapshots
@@ -478,8 +482,13 @@ func (b *bench) measureRestore(ctx context.Context, agg *topology.Aggregate) (re
 		return res, err
 	}
 	resetPeakRSS()
+	stopProfile, err := b.profile("restore")
+	if err != nil {
+		return res, err
+	}
+	defer stopProfile()
 	b.say("restore: restoring %d partitions", b.partitions)
-	start := time.Now()
+	start, cpuBegan, brokerBegan := time.Now(), cpuTime(0), cpuTime(b.brokerPID)
 	stats := make([]statestore.RestoreStats, b.partitions)
 	errs := make([]error, b.partitions)
 	var wg sync.WaitGroup
@@ -490,6 +499,11 @@ func (b *bench) measureRestore(ctx context.Context, agg *topology.Aggregate) (re
 	}
 	wg.Wait()
 	res.S = time.Since(start).Seconds()
+	res.CPUus = float64((cpuTime(0) - cpuBegan).Microseconds()) / float64(b.restoreN)
+	if b.brokerPID != 0 {
+		res.BrokerCPUus = float64((cpuTime(b.brokerPID) - brokerBegan).Microseconds()) / float64(b.restoreN)
+	}
+	stopProfile()
 	res.PeakRSS = peakRSS(os.Getpid())
 	err = errors.Join(errs...)
 	if cerr := store.Close(); cerr != nil {

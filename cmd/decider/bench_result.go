@@ -137,7 +137,7 @@ func (r *benchResult) table(w io.Writer) {
 	row("peak RSS, MiB", mib(d.PeakRSS), mib(ref.PeakRSS), "%.0f")
 	fmt.Fprintf(w, "\nstate store after the run: %.1f MiB on disk\n", mib(d.DiskBytes))
 	rs := r.Restore
-	fmt.Fprintf(w, "restore of %d snapshots: %.2f s, %.0f snapshots/s, peak RSS %.0f MiB, %.1f MiB on disk\n", rs.Aggregates, rs.S, rs.PerS, mib(rs.PeakRSS), mib(rs.DiskBytes))
+	fmt.Fprintf(w, "restore of %d snapshots: %.2f s, %.0f snapshots/s, peak RSS %.0f MiB, %.1f MiB on disk; CPU per snapshot %.2f µs (broker %.2f µs)\n", rs.Aggregates, rs.S, rs.PerS, mib(rs.PeakRSS), mib(rs.DiskBytes), rs.CPUus, rs.BrokerCPUus)
 	if r.BrokerPeakRSS > 0 {
 		fmt.Fprintf(w, "broker process peak RSS: %.0f MiB\n", mib(r.BrokerPeakRSS))
 	}

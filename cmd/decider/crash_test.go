@@ -51,8 +51,9 @@ func TestCrashPoints(t *testing.T) {
 		crashAt(w, string(p)+":3")
 	}
 
-	// Mid-restore: more snapshots in a partition than one restore batch
-	// (4096), then a fresh data dir that crashes after the first batch.
+	// Mid-restore: more snapshots in a partition than one restore chunk
+	// (--restore-buffer 64 KiB: a few hundred), then a fresh data dir that
+	// crashes after the first chunk.
 	opens := 9000
 	cl, err := kgo.NewClient(append(c.kafka, kgo.RecordPartitioner(kgo.ManualPartitioner()))...)
 	if err != nil {
@@ -68,7 +69,7 @@ func TestCrashPoints(t *testing.T) {
 	sent += opens
 	c.readTopic(c.topics.Replies, sent) // the worker decided them all
 	w.term()
-	fresh := c.startEnv("fresh", []string{"DECIDER_TEST_CRASH_AT=" + string(processor.MidRestore)}, c.workerArgs("fresh")...)
+	fresh := c.startEnv("fresh", []string{"DECIDER_TEST_CRASH_AT=" + string(processor.MidRestore)}, append(c.workerArgs("fresh"), "--restore-buffer", "65536")...)
 	c.workers = append(c.workers, fresh)
 	select {
 	case <-fresh.done:

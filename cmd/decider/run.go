@@ -53,6 +53,7 @@ type workerFlags struct {
 	session    *time.Duration
 	txnTimeout *time.Duration
 	rebalance  *time.Duration
+	restoreBuf *int
 	logger     func() *slog.Logger
 }
 
@@ -66,6 +67,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		session:    fs.Duration("session-timeout", 10*time.Second, "consumer group session timeout: a silent worker loses its partitions after it"),
 		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
 		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
+		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
 		logger:     logFlags(fs),
 	}
 }
@@ -104,7 +106,7 @@ func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) 
 			return err
 		}
 	}
-	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), nil)
+	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), &statestore.Options{RestoreBuffer: *wf.restoreBuf})
 	if err != nil {
 		return err
 	}
