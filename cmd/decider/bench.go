@@ -249,17 +249,17 @@ func (b *bench) say(format string, args ...any) {
 
 // systemResult is what one system measured.
 type systemResult struct {
-	PerS      float64   `json:"per_s"`      // flat out, commands/s
-	FlatOutS  float64   `json:"flat_out_s"` // first poll to last commit
-	StartupS  float64   `json:"startup_s"`  // start to first poll: joining the group, restoring
-	Latency   []latency `json:"latency"`
-	PeakRSS   int64     `json:"peak_rss_bytes"`
+	PerS     float64   `json:"per_s"`      // flat out, commands/s
+	FlatOutS float64   `json:"flat_out_s"` // first poll to last commit
+	StartupS float64   `json:"startup_s"`  // start to first poll: joining the group, restoring
+	Latency  []latency `json:"latency"`
+	PeakRSS  int64     `json:"peak_rss_bytes"`
 	// CPU time per command of the flat-out run, start to end, in µs: of
 	// this process (the system measured; nothing else runs in it then), and
 	// of the broker child process (0 for another broker).
 	CPUus       float64 `json:"cpu_us_per_command"`
 	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
-	DiskBytes int64     `json:"disk_bytes"` // the state store's files after the run
+	DiskBytes   int64   `json:"disk_bytes"` // the state store's files after the run
 }
 
 // measure runs one system over app's preloaded commands: flat out, then
@@ -297,9 +297,9 @@ func (b *bench) measure(ctx context.Context, name string, run func(context.Conte
 		return fail(err)
 	}
 	stopProfile()
-	res.CPUus = float64((cpuTime(0)-cpuBegan).Microseconds()) / float64(b.commands)
+	res.CPUus = float64((cpuTime(0) - cpuBegan).Microseconds()) / float64(b.commands)
 	if b.brokerPID != 0 {
-		res.BrokerCPUus = float64((cpuTime(b.brokerPID)-brokerBegan).Microseconds()) / float64(b.commands)
+		res.BrokerCPUus = float64((cpuTime(b.brokerPID) - brokerBegan).Microseconds()) / float64(b.commands)
 	}
 	start := time.Unix(0, first.Load())
 	res.StartupS, res.FlatOutS = start.Sub(began).Seconds(), end.Sub(start).Seconds()
