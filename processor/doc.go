@@ -27,9 +27,10 @@
 //  4. End: the consumer offsets are committed in the transaction (KIP-447,
 //     with the group generation, so a worker that lost its partitions cannot
 //     commit), then EndTxn.
-//  5. Committed: the overlays are written to Pebble with each partition's
-//     checkpoint (the changelog offset after its last snapshot), and their
-//     states to the cache. Only now: neither holds state of a transaction
+//  5. Committed: the overlays are written to Pebble, all partitions of the
+//     batch in one Pebble batch, with each partition's checkpoint (the
+//     changelog offset after its last snapshot), and their states to the
+//     cache. The batch's records and bytes (arena.go) are then reused. Only now: neither holds state of a transaction
 //     that did not commit. Aborted: the overlays are dropped, the batch's
 //     aggregates leave the cache, and the session rewinds to the committed
 //     offsets; the commands are decided again, deterministically.
