@@ -1,14 +1,11 @@
 package processor
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,20 +90,16 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 // revoked (and maybe reassigned) since the batch began is skipped: its next
 // restore reads these committed snapshots from the changelog. Each
 // partition's lock is held until the write is done, so that no restore of
-// it runs meanwhile; they are taken in one order.
+// it runs meanwhile. (Only this loop takes more than one lock, one batch
+// at a time, and a restore waits for nothing this holds: no lock order is
+// needed.)
 func (b *batch) apply() error {
-	parts := make([]*partBatch, 0, len(b.parts))
+	var current []*partBatch
+	var commits []statestore.Commit
 	for _, pb := range b.parts {
-		if pb.overlay.Len() > 0 {
-			parts = append(parts, pb)
+		if pb.overlay.Len() == 0 {
+			continue
 		}
-	}
-	slices.SortFunc(parts, func(x, y *partBatch) int {
-		return cmp.Or(strings.Compare(x.a.key.topic, y.a.key.topic), cmp.Compare(x.a.key.partition, y.a.key.partition))
-	})
-	current := parts[:0]
-	commits := make([]statestore.Commit, 0, len(parts))
-	for _, pb := range parts {
 		lock := b.w.lock(pb.a.key)
 		lock.Lock()
 		defer lock.Unlock()

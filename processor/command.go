@@ -136,9 +136,13 @@ func parseCommand(c *command, r *kgo.Record, maxPayload int) error {
 // (types, reply topics), so that reading them allocates nothing.
 var names = interner{m: map[string]string{}}
 
-// maxInterned bounds the interned strings: values past it are converted
-// each time.
-const maxInterned = 4096
+// Bounds of the interned strings, so that callers sending ever new values
+// cannot grow them: past maxInterned values, or for a value longer than
+// maxInternedBytes, the value is converted each time.
+const (
+	maxInterned      = 4096
+	maxInternedBytes = 256
+)
 
 type interner struct {
 	mu sync.Mutex
@@ -152,7 +156,7 @@ func (in *interner) intern(b []byte) string {
 		return s
 	}
 	s := string(b)
-	if len(in.m) < maxInterned {
+	if len(in.m) < maxInterned && len(b) <= maxInternedBytes {
 		in.m[s] = s
 	}
 	return s

@@ -75,19 +75,20 @@ func Open(dir string, o *Options) (*Store, error) {
 	if restore <= 0 {
 		restore = 8 << 20
 	}
-	// Tables a restore did not get to ingest before a crash are garbage.
-	tmp := filepath.Join(dir, "restore-tmp")
-	if err := os.RemoveAll(tmp); err != nil {
-		return nil, fmt.Errorf("open state store %s: %w", dir, err)
-	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("open state store %s: %w", dir, err)
-	}
 	cache := pebble.NewCache(size)
 	opts := &pebble.Options{Cache: cache, Logger: quietLogger{}, MemTableSize: memtable}
 	opts.EnsureDefaults()
 	db, err := pebble.Open(dir, opts)
 	if err != nil {
+		cache.Unref()
+		return nil, fmt.Errorf("open state store %s: %w", dir, err)
+	}
+	// Tables a restore did not get to ingest before a crash are garbage.
+	// Only now, with Pebble's lock on dir held: another process's
+	// restore may be writing here otherwise.
+	tmp := filepath.Join(dir, "restore-tmp")
+	if err := errors.Join(os.RemoveAll(tmp), os.MkdirAll(tmp, 0o755)); err != nil {
+		_ = db.Close()
 		cache.Unref()
 		return nil, fmt.Errorf("open state store %s: %w", dir, err)
 	}
