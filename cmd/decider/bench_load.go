@@ -148,6 +148,26 @@ func waitConsumed(ctx context.Context, adm *kadm.Client, group, topic string, n 
 	}
 }
 
+// waitAssigned waits until group is stable with all n partitions of topic
+// assigned, and returns when it saw that.
+func waitAssigned(ctx context.Context, adm *kadm.Client, group, topic string, n int32) (time.Time, error) {
+	const interval = 5 * time.Millisecond
+	for {
+		described, err := adm.DescribeGroups(ctx, group)
+		if err == nil {
+			err = described.Error()
+		}
+		if g, ok := described[group]; ok && err == nil && g.State == "Stable" && len(g.AssignedPartitions()[topic]) == int(n) {
+			return time.Now(), nil
+		}
+		select {
+		case <-ctx.Done():
+			return time.Now(), fmt.Errorf("group %s: waiting for its assignment: %w (last error: %v)", group, ctx.Err(), err)
+		case <-time.After(interval):
+		}
+	}
+}
+
 // latency is send→reply latency at one offered load.
 type latency struct {
 	Offered  int     `json:"offered_per_s"`

@@ -23,9 +23,8 @@ import (
 // reply keyed by the input's ce_id to the partition of the replies topic
 // the id hashes to (as a worker does for a command without
 // ce_replypartition); the consumer offsets go in the transaction. It reads
-// no other header, decodes nothing and looks nothing up. polled is called
-// with every poll that returned inputs, before its transaction begins.
-func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, instance string, maxPoll int, polled func()) error {
+// no other header, decodes nothing and looks nothing up.
+func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, instance string, maxPoll int) error {
 	agg := app.Aggregates()[0]
 	t := app.Topics(agg)
 	txnID := app.Name() + "-" + instance
@@ -52,7 +51,6 @@ func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, insta
 		if fetches.NumRecords() == 0 {
 			continue
 		}
-		polled()
 		if err := sess.Begin(); err != nil {
 			return fmt.Errorf("reference %s: begin transaction: %w", txnID, err)
 		}

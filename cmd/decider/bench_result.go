@@ -127,7 +127,7 @@ func (r *benchResult) table(w io.Writer) {
 	if d.BrokerCPUus > 0 {
 		row("broker CPU per command, µs", d.BrokerCPUus, ref.BrokerCPUus, "%.1f")
 	}
-	row("startup (join, restore), s", d.StartupS, ref.StartupS, "%.2f")
+	row("startup (join), s", d.StartupS, ref.StartupS, "%.2f")
 	for i, l := range d.Latency {
 		rl := ref.Latency[i]
 		row(fmt.Sprintf("p50 at %d/s, ms", l.Offered), l.P50ms, rl.P50ms, "%.2f")
