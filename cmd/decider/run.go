@@ -54,6 +54,8 @@ type workerFlags struct {
 	txnTimeout *time.Duration
 	rebalance  *time.Duration
 	restoreBuf *int
+	stateCache *int64
+	blockCache *int64
 	logger     func() *slog.Logger
 }
 
@@ -68,6 +70,8 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
 		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
 		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
+		stateCache: fs.Int64("state-cache", 64<<20, "bytes of decoded aggregates kept in memory, an estimate (negative: none)"),
+		blockCache: fs.Int64("block-cache", 256<<20, "bytes of the state store's block cache"),
 		logger:     logFlags(fs),
 	}
 }
@@ -106,7 +110,7 @@ func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) 
 			return err
 		}
 	}
-	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), &statestore.Options{RestoreBuffer: *wf.restoreBuf})
+	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), &statestore.Options{RestoreBuffer: *wf.restoreBuf, CacheSize: *wf.blockCache})
 	if err != nil {
 		return err
 	}
@@ -126,7 +130,7 @@ func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := processor.New(processor.Config{
 		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log, Advertise: advertise, Registerer: reg,
-		SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
+		StateCacheBytes: *wf.stateCache, SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
 		AtPoint: crashPoint(),
 	})
 	if err != nil {
