@@ -70,7 +70,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		b.abort(abortRevoked, fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
 		return
 	}
-	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.Get().(*arena)}
+	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get()}
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
 	b.mu.Unlock()
@@ -127,8 +127,7 @@ func (b *batch) apply() error {
 // dropped.
 func (b *batch) release() {
 	for _, pb := range b.parts {
-		pb.ar.reset()
-		b.w.arenas.Put(pb.ar)
+		b.w.arenas.put(pb.ar)
 		pb.ar = nil
 	}
 }

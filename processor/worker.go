@@ -115,7 +115,7 @@ type Worker struct {
 	applied chan struct{}              // closed (and replaced) when Pebble was written
 	locks   sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
 	wg      sync.WaitGroup             // restore goroutines
-	arenas  sync.Pool                  // *arena, for the partitions of a batch
+	arenas  arenas                     // for the partitions of a batch
 }
 
 type partitionKey struct {
@@ -172,7 +172,6 @@ func New(cfg Config) (*Worker, error) {
 		log:     cfg.Logger.With("app", cfg.App.Name(), "instance", cfg.InstanceID),
 		parts:   map[partitionKey]*assigned{},
 		applied: make(chan struct{}),
-		arenas:  sync.Pool{New: func() any { return new(arena) }},
 	}
 	w.cache = newStateCache(cfg.StateCacheBytes)
 	w.metrics = newMetrics(cfg.Registerer, cfg.Store, w.cache, w.Ready)
