@@ -11,7 +11,19 @@ type recent struct {
 	reply schemas.Reply
 	body  []byte // reply's Avro body as encoded for the reply record, reused in every snapshot
 	older *recent
-	n     int // nodes in this list, this one included
+	n     int   // nodes in this list, this one included
+	bytes int64 // cost of this list, this node included
+}
+
+// node returns a node for r and body in front of older, keeping at most
+// n nodes in all.
+func node(r schemas.Reply, body []byte, older *recent, n int) *recent {
+	l := &recent{reply: r, body: body, older: older, n: n}
+	l.bytes = nodeOverhead + int64(len(body)+len(r.CommandID)+len(r.AggregateID)+len(r.Reason))
+	if older != nil {
+		l.bytes += older.bytes
+	}
+	return l
 }
 
 // add returns the window with r, encoded as body, added, keeping at least
@@ -23,7 +35,7 @@ func (l *recent) add(r schemas.Reply, body []byte, size int) *recent {
 	if l.len() >= 2*size {
 		l = l.cut(size - 1)
 	}
-	return &recent{reply: r, body: body, older: l, n: l.len() + 1}
+	return node(r, body, l, l.len()+1)
 }
 
 func (l *recent) len() int {
@@ -38,7 +50,7 @@ func (l *recent) cut(n int) *recent {
 	if n <= 0 || l == nil {
 		return nil
 	}
-	return &recent{reply: l.reply, body: l.body, older: l.older.cut(n - 1), n: min(n, l.n)}
+	return node(l.reply, l.body, l.older.cut(n-1), min(n, l.n))
 }
 
 // find returns the reply to commandID among the newest size.
@@ -65,7 +77,7 @@ func (l *recent) appendBodies(out [][]byte, size int) [][]byte {
 func recentOf(replies []schemas.Reply, bodies [][]byte) *recent {
 	var l *recent
 	for i, r := range replies {
-		l = &recent{reply: r, body: bodies[i], older: l, n: l.len() + 1}
+		l = node(r, bodies[i], l, l.len()+1)
 	}
 	return l
 }
@@ -75,9 +87,8 @@ const nodeOverhead = 160
 
 // cost estimates the memory the list holds, for the state cache's bound.
 func (l *recent) cost() int64 {
-	var n int64
-	for ; l != nil; l = l.older {
-		n += nodeOverhead + int64(len(l.body)+len(l.reply.CommandID)+len(l.reply.AggregateID)+len(l.reply.Reason))
+	if l == nil {
+		return 0
 	}
-	return n
+	return l.bytes
 }

@@ -35,6 +35,13 @@ func TestRecentWindow(t *testing.T) {
 	if again := recentOf(replies, got); again.len() != size || again.reply.CommandID != "99" || string(again.body) != "99" {
 		t.Errorf("recentOf(window) = %d nodes, newest %v", again.len(), again.reply)
 	}
+	var want int64
+	for n := l; n != nil; n = n.older {
+		want += nodeOverhead + int64(len(n.body)+len(n.reply.CommandID))
+	}
+	if l.cost() != want {
+		t.Errorf("cost = %d, want %d: the sum over the list's %d nodes", l.cost(), want, l.len())
+	}
 	if l.add(schemas.Reply{CommandID: "x"}, nil, 0) != nil {
 		t.Error("a window of size 0 keeps a reply")
 	}
