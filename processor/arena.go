@@ -2,6 +2,7 @@ package processor
 
 import (
 	"sync"
+	"unsafe"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -30,10 +31,16 @@ const (
 )
 
 // reset makes the arena's chunks reusable: call it only once nothing from
-// them is referenced any more. A byte chunk grown past arenaKeepBytes is
-// let go, so that one batch of large states does not stay in memory.
+// them is referenced any more. A chunk grown past arenaKeepBytes is let go,
+// so that one large batch does not stay in memory.
 func (ar *arena) reset() {
 	ar.recs, ar.headers, ar.bytes = ar.recs[:0], ar.headers[:0], ar.bytes[:0]
+	if cap(ar.recs)*int(unsafe.Sizeof(kgo.Record{})) > arenaKeepBytes {
+		ar.recs = nil
+	}
+	if cap(ar.headers)*int(unsafe.Sizeof(kgo.RecordHeader{})) > arenaKeepBytes {
+		ar.headers = nil
+	}
 	if cap(ar.bytes) > arenaKeepBytes {
 		ar.bytes = nil
 	}
@@ -78,8 +85,8 @@ func (ar *arena) buf(n int) []byte {
 // arenas keeps the arenas of finished batches for the next ones. (A
 // sync.Pool would not do: every garbage collection empties it, and the
 // arenas then grow their chunks again, each one zeroed: a tenth of the
-// worker's CPU went to that.) It keeps at most maxFreeArenas, enough for
-// every partition of a batch on a worker that owns many.
+// worker's CPU went to that.) It holds no more arenas than the most
+// partitions one batch had at once, and at most maxFreeArenas.
 type arenas struct {
 	mu   sync.Mutex
 	free []*arena
