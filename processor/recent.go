@@ -15,15 +15,12 @@ type recent struct {
 	bytes int64 // cost of this list, this node included
 }
 
-// node returns a node for r and body in front of older, keeping at most
-// n nodes in all.
-func node(r schemas.Reply, body []byte, older *recent, n int) *recent {
-	l := &recent{reply: r, body: body, older: older, n: n}
-	l.bytes = nodeOverhead + int64(len(body)+len(r.CommandID)+len(r.AggregateID)+len(r.Reason))
-	if older != nil {
-		l.bytes += older.bytes
+// newRecent returns the list of r, encoded as body, in front of older.
+func newRecent(r schemas.Reply, body []byte, older *recent) *recent {
+	return &recent{
+		reply: r, body: body, older: older, n: older.len() + 1,
+		bytes: nodeOverhead + int64(len(body)+len(r.CommandID)+len(r.AggregateID)+len(r.Reason)) + older.cost(),
 	}
-	return l
 }
 
 // add returns the window with r, encoded as body, added, keeping at least
@@ -35,7 +32,7 @@ func (l *recent) add(r schemas.Reply, body []byte, size int) *recent {
 	if l.len() >= 2*size {
 		l = l.cut(size - 1)
 	}
-	return node(r, body, l, l.len()+1)
+	return newRecent(r, body, l)
 }
 
 func (l *recent) len() int {
@@ -50,7 +47,7 @@ func (l *recent) cut(n int) *recent {
 	if n <= 0 || l == nil {
 		return nil
 	}
-	return node(l.reply, l.body, l.older.cut(n-1), min(n, l.n))
+	return newRecent(l.reply, l.body, l.older.cut(n-1))
 }
 
 // find returns the reply to commandID among the newest size.
@@ -77,7 +74,7 @@ func (l *recent) appendBodies(out [][]byte, size int) [][]byte {
 func recentOf(replies []schemas.Reply, bodies [][]byte) *recent {
 	var l *recent
 	for i, r := range replies {
-		l = node(r, bodies[i], l, l.len()+1)
+		l = newRecent(r, bodies[i], l)
 	}
 	return l
 }

@@ -23,11 +23,11 @@ type Options struct {
 	// 256 MiB, 31.5 µs with 128 MiB, 37 µs with 64 MiB).
 	CacheSize int64
 	// MemTableSize is the size of Pebble's memtable, up to two of which
-	// are held in memory. Default 64 MiB: a restore writes a partition's
-	// snapshots at full speed, and small memtables flush into many
-	// overlapping files whose compactions then cost more than the writes
-	// (measured: 1M snapshots restored at ~350k/s with Pebble's 4 MiB
-	// default, ~600k/s with 64 MiB).
+	// are held in memory. Default 64 MiB. (It was chosen when a restore
+	// wrote through the memtable: 1M snapshots restored at ~350k/s with
+	// Pebble's 4 MiB default, ~600k/s with 64 MiB. A restore now ingests
+	// tables; the size has not been measured again for the worker's
+	// writes alone.)
 	MemTableSize uint64
 	// Sync makes every Apply durable with fsync before it returns. Off by
 	// default: the store is a cache of the changelog, and a write lost in a
