@@ -116,7 +116,7 @@ func (b *batch) apply() error {
 	}
 	for _, pb := range current {
 		pb.overlay.Each(func(id string, e statestore.Entry) {
-			b.w.cache.put(pb.a, id, e.Decoded.(*aggState), len(e.Value))
+			b.w.cache.put(pb.a, id, e.Value)
 		})
 	}
 	return nil
@@ -138,18 +138,6 @@ func (b *batch) committed(commands int) {
 	m.batchCommands.Observe(float64(commands))
 	for _, pb := range b.parts {
 		m.committed(pb.a.agg.Name(), &pb.tally, now)
-	}
-}
-
-// forget drops from the state cache every aggregate the batch decided on:
-// the transaction did not commit, and a domain function that changed a
-// state in place (which Evolve must not) would otherwise leave the cache
-// holding a state no committed transaction wrote.
-func (b *batch) forget() {
-	for _, pb := range b.parts {
-		for _, id := range pb.dirty {
-			b.w.cache.remove(pb.a, id)
-		}
 	}
 }
 
@@ -199,8 +187,8 @@ func (pb *partBatch) produce(kind string, r *kgo.Record, onOffset func(int64)) {
 
 // aggState is an aggregate as the worker holds it between commands.
 //
-// An aggState is never modified once made: the overlay, the cache and the
-// next command share it.
+// An aggState is never modified once made: the overlay and the next
+// command share it.
 type aggState struct {
 	state         any
 	stateBytes    []byte // state, encoded; nil until needed for the initial state
@@ -216,12 +204,12 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 		return e.Decoded.(*aggState), nil
 	}
 	w := pb.b.w
-	if st, ok := w.cache.get(pb.a, id); ok {
+	agg := pb.a.agg
+	if v, ok := w.cache.get(pb.a, id); ok {
 		w.metrics.cacheHits.Inc()
-		return st, nil
+		return decodeSnapshot(agg, v)
 	}
 	w.metrics.cacheMisses.Inc()
-	agg := pb.a.agg
 	v, err := w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
 	if errors.Is(err, statestore.ErrNotFound) {
 		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
@@ -241,7 +229,7 @@ func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
-	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(snap.Recent, bodies)}, nil
+	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(bodies)}, nil
 }
 
 // handle decides one command and produces its outputs. An error aborts the
@@ -266,7 +254,11 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		w.log.Debug("command already applied", "id", c.id, "offset", r.Offset, "applied_through", st.commandOffset)
 		return nil
 	}
-	if prev, ok := st.recent.find(c.id, w.cfg.DedupeWindow); ok {
+	if body, ok := st.recent.find(c.id, w.cfg.DedupeWindow); ok {
+		prev, err := schemas.ReadReply(body)
+		if err != nil { // its snapshot was read whole, or it was encoded here
+			return fmt.Errorf("dedupe window of %s/%d/%s: %w", agg.Name(), r.Partition, id, err)
+		}
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
 		pb.tally.dedupeHits++
 		pb.tally.command(prev.Status, r.Timestamp)
@@ -322,7 +314,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	if err != nil {
 		return fmt.Errorf("encode reply to %s: %w", c.id, err)
 	}
-	next.recent = st.recent.add(reply, v[schemas.FramingSize:], w.cfg.DedupeWindow)
+	next.recent = st.recent.add(v[schemas.FramingSize:], w.cfg.DedupeWindow)
 	pb.stage(id, next)
 	return pb.sendReply(ctx, c, reply, v)
 }

@@ -1,35 +1,93 @@
 package processor
 
-import "testing"
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
 
-// The cache never answers with a state older than the last one put: a
-// state too big to cache drops the entry it replaces, and eviction keeps
-// the bound.
+// The cache never answers with a snapshot other than the last one put for
+// its key: a snapshot too big to cache drops the entry it replaces, an
+// entry of another assignment or of a colliding hash is not served, and
+// eviction keeps the bound.
 func TestStateCache(t *testing.T) {
-	a := &assigned{}
-	c := newStateCache(4096)
-	c.put(a, "x", &aggState{version: 1}, 1000)
-	if st, ok := c.get(a, "x"); !ok || st.version != 1 {
-		t.Fatalf("get after put = %v, %v", st, ok)
+	a := &assigned{gen: assignments.Add(1)}
+	c := newStateCache(4096) // 16 segments of 256 bytes
+	c.put(a, "x", []byte("one"))
+	got, ok := c.get(a, "x")
+	if !ok || string(got) != "one" {
+		t.Fatalf("get after put = %q, %v", got, ok)
 	}
-	c.put(a, "x", &aggState{version: 2}, 5000)
-	if st, ok := c.get(a, "x"); ok {
-		t.Fatalf("an uncacheable newer state left version %d cached", st.version)
+	got[0] = 'X'
+	if again, _ := c.get(a, "x"); string(again) != "one" {
+		t.Fatalf("changing what get returned changed the cache: %q", again)
 	}
-	for i := range 10 {
-		c.put(a, string(rune('a'+i)), &aggState{version: int64(i)}, 1000)
+	c.put(a, "x", make([]byte, 300))
+	if got, ok := c.get(a, "x"); ok {
+		t.Fatalf("an uncacheable newer snapshot left %q cached", got)
 	}
-	if c.size() > 4096 {
-		t.Errorf("cache holds %d bytes, bound 4096", c.size())
-	}
-	if _, ok := c.get(a, "a"); ok {
-		t.Error("the least recently used entry was not evicted")
-	}
-	if _, ok := c.get(&assigned{}, "j"); ok {
+	if _, ok := c.get(&assigned{gen: assignments.Add(1)}, "y"); ok {
 		t.Error("an entry of another assignment was served")
 	}
-	c.remove(a, "j")
-	if _, ok := c.get(a, "j"); ok {
-		t.Error("a removed entry was served")
+	// A hash that points at another key's entry is a miss.
+	c.put(a, "y", []byte("why"))
+	c.index[c.hash(a, "z")] = c.index[c.hash(a, "y")]
+	if got, ok := c.get(a, "z"); ok {
+		t.Errorf("get(z) served y's entry %q", got)
+	}
+	for i := range 100 {
+		c.put(a, fmt.Sprint(i), make([]byte, 100))
+	}
+	if c.len() > 4096 {
+		t.Errorf("cache holds %d bytes, bound 4096", c.len())
+	}
+	var held int
+	for _, s := range c.segs {
+		held += cap(s)
+	}
+	if held > 4096 {
+		t.Errorf("cache segments hold %d bytes, bound 4096", held)
+	}
+	if _, ok := c.get(a, "0"); ok {
+		t.Error("the oldest entry was not evicted")
+	}
+	if _, ok := c.get(a, "99"); !ok {
+		t.Error("the newest entry was evicted")
+	}
+}
+
+// Whatever the order and sizes of puts, the ring wrapping round many times,
+// a hit is always the last value put for its key, and the bytes counted are
+// those of the entries held.
+func TestStateCacheRing(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	as := []*assigned{{gen: assignments.Add(1)}, {gen: assignments.Add(1)}}
+	c := newStateCache(64 << 10)
+	type key struct {
+		a  *assigned
+		id string
+	}
+	last := map[key][]byte{}
+	for i := range 20000 {
+		a, id := as[rng.IntN(2)], fmt.Sprint(rng.IntN(500))
+		v := bytes.Repeat([]byte{byte(i)}, rng.IntN(c.size))
+		c.put(a, id, v)
+		last[key{a, id}] = v
+		if i%100 != 0 {
+			continue
+		}
+		var held int64
+		for k, want := range last {
+			if got, ok := c.get(k.a, k.id); ok {
+				if !bytes.Equal(got, want) {
+					t.Fatalf("after %d puts get(%d/%s) = %d bytes, want %d", i+1, k.a.gen, k.id, len(got), len(want))
+				}
+				held += int64(entryHeader + len(k.id) + len(want))
+			}
+		}
+		if held != c.len() {
+			t.Fatalf("after %d puts the cache counts %d bytes, its hits hold %d", i+1, c.len(), held)
+		}
 	}
 }

@@ -13,7 +13,7 @@
 //  2. For each partition in the poll, in parallel with the others, once the
 //     partition is restored: each command in offset order is read (headers,
 //     then payload), its aggregate's state is looked up — the batch's
-//     overlay, else the cache of committed states, else the Pebble store,
+//     overlay, else the cache of committed snapshots, else the Pebble store,
 //     else the initial state — and Decide and Evolve run. Events go to
 //     partition p of A.T.events with versions v+1…, the reply to
 //     ce_replyto. The new state goes into the overlay, so the next command
@@ -29,11 +29,14 @@
 //     commit), then EndTxn.
 //  5. Committed: the overlays are written to Pebble, all partitions of the
 //     batch in one Pebble batch, with each partition's checkpoint (the
-//     changelog offset after its last snapshot), and their states to the
-//     cache. The batch's records and bytes (arena.go) are then reused. Only now: neither holds state of a transaction
-//     that did not commit. Aborted: the overlays are dropped, the batch's
-//     aggregates leave the cache, and the session rewinds to the committed
-//     offsets; the commands are decided again, deterministically.
+//     changelog offset after its last snapshot), and their snapshots to
+//     the cache (copied). The batch's records and bytes (arena.go) are then
+//     reused. Only now: neither holds state of a transaction that did not
+//     commit. Aborted: the overlays are dropped, and the session rewinds to
+//     the committed offsets; the commands are decided again,
+//     deterministically. (The cache holds bytes, never a decoded state, so
+//     a domain function that changed a state in place cannot leave it in
+//     the cache.)
 //
 // # Recovery
 //

@@ -90,13 +90,13 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 			[]string{"topic", "partition"}),
 	}
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "state_cache_lookups_total",
-		Help: "Lookups of aggregates in the decoded-state cache in front of the store, by result (hit, miss); hit ÷ all is the hit ratio."},
+		Help: "Lookups of aggregates in the snapshot cache in front of the state store, by result (hit, miss); hit ÷ all is the hit ratio."},
 		[]string{"result"})
 	m.cacheHits, m.cacheMisses = lookups.WithLabelValues("hit"), lookups.WithLabelValues("miss")
 	if reg != nil {
 		cacheSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "state_cache_size_bytes",
-			Help: "Estimated bytes held by the decoded-state cache (bounded by its configured size)."},
-			func() float64 { return float64(cache.size()) })
+			Help: "Bytes of the snapshots held by the state cache (bounded by its configured size)."},
+			func() float64 { return float64(cache.len()) })
 		readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the worker is a member of its group with every assigned partition restored (/readyz)."},
 			func() float64 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/deciderhq/decider/statestore"
@@ -25,6 +26,7 @@ type assigned struct {
 	key         partitionKey
 	topics      topology.Topics
 	sourceValue []byte // ce_source of what the worker emits: "A/T"
+	gen         uint64 // tells this assignment from every other one of the process
 
 	ctx    context.Context // cancelled on revoke
 	cancel context.CancelFunc
@@ -39,9 +41,12 @@ func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *a
 	return &assigned{
 		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
 		sourceValue: []byte(w.cfg.App.Source(agg)), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
-		decideTime: w.metrics.decide.WithLabelValues(agg.Name()),
+		decideTime: w.metrics.decide.WithLabelValues(agg.Name()), gen: assignments.Add(1),
 	}
 }
+
+// assignments counts the assignments made by the process.
+var assignments atomic.Uint64
 
 // restore catches the partition's local state up with its changelog,
 // retrying with backoff until it succeeds or the partition is revoked.

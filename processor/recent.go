@@ -6,33 +6,25 @@ import "github.com/deciderhq/decider/schemas"
 // as an immutable list that states share. Adding a reply makes one node
 // instead of copying the window; a list grown to twice the window's size
 // is cut back to it, so each add costs O(1) amortised and the memory held
-// is bounded.
+// is bounded. A node keeps its reply only as the Avro body it was encoded
+// to once: snapshots are written from the bodies, a command id is compared
+// within its body, and the reply is decoded only when a duplicate is found.
 type recent struct {
-	reply schemas.Reply
-	body  []byte // reply's Avro body as encoded for the reply record, reused in every snapshot
+	body  []byte // a reply's Avro body as encoded for the reply record
 	older *recent
-	n     int   // nodes in this list, this one included
-	bytes int64 // cost of this list, this node included
+	n     int // nodes in this list, this one included
 }
 
-// newRecent returns the list of r, encoded as body, in front of older.
-func newRecent(r schemas.Reply, body []byte, older *recent) *recent {
-	return &recent{
-		reply: r, body: body, older: older, n: older.len() + 1,
-		bytes: nodeOverhead + int64(len(body)+len(r.CommandID)+len(r.AggregateID)+len(r.Reason)) + older.cost(),
-	}
-}
-
-// add returns the window with r, encoded as body, added, keeping at least
-// the newest size replies; size <= 0 keeps none.
-func (l *recent) add(r schemas.Reply, body []byte, size int) *recent {
+// add returns the window with the reply encoded as body added, keeping at
+// least the newest size replies; size <= 0 keeps none.
+func (l *recent) add(body []byte, size int) *recent {
 	if size <= 0 {
 		return nil
 	}
 	if l.len() >= 2*size {
 		l = l.cut(size - 1)
 	}
-	return newRecent(r, body, l)
+	return &recent{body: body, older: l, n: l.len() + 1}
 }
 
 func (l *recent) len() int {
@@ -47,17 +39,18 @@ func (l *recent) cut(n int) *recent {
 	if n <= 0 || l == nil {
 		return nil
 	}
-	return newRecent(l.reply, l.body, l.older.cut(n-1))
+	older := l.older.cut(n - 1)
+	return &recent{body: l.body, older: older, n: older.len() + 1}
 }
 
-// find returns the reply to commandID among the newest size.
-func (l *recent) find(commandID string, size int) (schemas.Reply, bool) {
+// find returns the body of the reply to commandID among the newest size.
+func (l *recent) find(commandID string, size int) ([]byte, bool) {
 	for ; l != nil && size > 0; l, size = l.older, size-1 {
-		if l.reply.CommandID == commandID {
-			return l.reply, true
+		if string(schemas.ReplyCommandID(l.body)) == commandID {
+			return l.body, true
 		}
 	}
-	return schemas.Reply{}, false
+	return nil, false
 }
 
 // appendBodies appends the encoded newest size replies to out, oldest
@@ -69,23 +62,17 @@ func (l *recent) appendBodies(out [][]byte, size int) [][]byte {
 	return append(l.older.appendBodies(out, size-1), l.body)
 }
 
-// recentOf makes the window of a decoded snapshot's replies and their
-// bodies, oldest first.
-func recentOf(replies []schemas.Reply, bodies [][]byte) *recent {
+// recentOf makes the window of a snapshot's reply bodies, oldest first, in
+// one allocation.
+func recentOf(bodies [][]byte) *recent {
+	if len(bodies) == 0 {
+		return nil
+	}
+	nodes := make([]recent, len(bodies))
 	var l *recent
-	for i, r := range replies {
-		l = newRecent(r, bodies[i], l)
+	for i, b := range bodies {
+		nodes[i] = recent{body: b, older: l, n: i + 1}
+		l = &nodes[i]
 	}
 	return l
-}
-
-// nodeOverhead estimates what a node holds beyond its bytes and strings.
-const nodeOverhead = 160
-
-// cost estimates the memory the list holds, for the state cache's bound.
-func (l *recent) cost() int64 {
-	if l == nil {
-		return 0
-	}
-	return l.bytes
 }

@@ -46,9 +46,10 @@ type Config struct {
 	// of a record the broker refuses, which would fail every transaction.
 	// Keep it below the topics' max.message.bytes. Default 1000000.
 	MaxRecordBytes int
-	// StateCacheBytes bounds the cache of decoded aggregates in front of the
-	// state store (an estimate from their encoded size). Default 64 MiB;
-	// negative disables it.
+	// StateCacheBytes bounds the cache of committed snapshots in front of
+	// the state store: the bytes of the snapshots it holds, with their ids
+	// and 24 bytes each (its index adds ≈ 16 bytes an entry). Default
+	// 64 MiB; negative disables it.
 	StateCacheBytes int64
 	// DedupeWindow is how many recent replies each aggregate's snapshot
 	// keeps: a command id seen again within them gets its first reply again
@@ -365,7 +366,6 @@ func (w *Worker) transact(ctx context.Context, fetches kgo.Fetches) error {
 		}
 	}
 	if !committed {
-		b.forget()
 		// The overlays are dropped with b; the session rewound to the
 		// committed offsets. A commit that was tried and did not report
 		// success may still have happened (an EndTxn whose answer was lost;

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -118,7 +119,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			t.Errorf("round trip = %+v, want %+v", got, want)
 		}
 		// ReadSnapshot reads the same, and each reply's bytes.
-		fastGot, bodies, err := r.ReadSnapshot(data)
+		fastGot, bodies, err := readSnapshotWhole(r, data)
 		if err != nil || !reflect.DeepEqual(fastGot, want) || len(bodies) != len(want.Recent) {
 			t.Errorf("ReadSnapshot = %+v, %d bodies, %v; want %+v", fastGot, len(bodies), err, want)
 		}
@@ -661,9 +662,22 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("%s: %+v re-encoded decodes as %+v, %v", name, v, w, err)
 			}
 		}
+		// The hand-written reply reader agrees with hamba's on the same
+		// bytes read as a reply's body.
+		if len(data) >= FramingSize {
+			body := data[FramingSize:]
+			want, werr := r.Decode(ReplyName, append(reply[:FramingSize:FramingSize], body...))
+			got, err := ReadReply(body)
+			switch {
+			case (err == nil) != (werr == nil):
+				t.Fatalf("ReadReply error %v, Decode error %v", err, werr)
+			case err == nil && !reflect.DeepEqual(got, want):
+				t.Fatalf("ReadReply = %+v, Decode = %+v", got, want)
+			}
+		}
 		// The hand-written snapshot reader agrees with hamba's.
 		want, werr := r.Decode(SnapshotName, data)
-		got, bodies, err := r.ReadSnapshot(data)
+		got, bodies, err := readSnapshotWhole(r, data)
 		switch {
 		case (err == nil) != (werr == nil):
 			t.Fatalf("ReadSnapshot error %v, Decode error %v", err, werr)
@@ -673,6 +687,29 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("ReadSnapshot: %d reply bodies for %d replies", len(bodies), len(got.Recent))
 		}
 	})
+}
+
+// readSnapshotWhole is ReadSnapshot with its replies decoded by ReadReply.
+func readSnapshotWhole(r *Registry, data []byte) (Snapshot, [][]byte, error) {
+	s, bodies, err := r.ReadSnapshot(data)
+	if err != nil {
+		return s, nil, err
+	}
+	if s.Recent != nil {
+		return s, nil, fmt.Errorf("ReadSnapshot decoded %d replies", len(s.Recent))
+	}
+	s.Recent = []Reply{}
+	for _, b := range bodies {
+		rep, err := ReadReply(b)
+		if err != nil {
+			return s, nil, fmt.Errorf("a body ReadSnapshot accepted: %w", err)
+		}
+		if !bytes.Equal(ReplyCommandID(b), []byte(rep.CommandID)) {
+			return s, nil, fmt.Errorf("ReplyCommandID = %q, ReadReply's = %q", ReplyCommandID(b), rep.CommandID)
+		}
+		s.Recent = append(s.Recent, rep)
+	}
+	return s, bodies, nil
 }
 
 // registryWithV1 returns a registry with v1 of test.evolution.Thing bound to

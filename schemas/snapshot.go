@@ -44,19 +44,20 @@ func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, comma
 	return append(dst, 0) // the end of the array
 }
 
-// ReadSnapshot decodes a decider.Snapshot and also returns the encoded body
-// of each reply of its dedupe window (slices of data), as AppendSnapshot
-// takes them. A snapshot written with an older schema version is decoded
+// ReadSnapshot decodes a decider.Snapshot but for its dedupe window: it
+// returns the encoded body of each reply of the window (slices of data),
+// oldest first, as AppendSnapshot takes them, and leaves s.Recent nil;
+// ReadReply decodes a body when it is needed. Every reply is checked to be
+// well formed. A snapshot written with an older schema version is decoded
 // through Decode and its replies encoded again.
-func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
+func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err error) {
 	b := r.byName[SnapshotName]
 	fp, body, err := splitHeader(data)
 	if err != nil || fp != b.fp {
 		return r.readSnapshotSlow(data)
 	}
 	d := avroReader{buf: body}
-	s := Snapshot{AggregateID: d.string(), Version: d.long(), CommandOffset: d.long(), State: d.bytes()}
-	var bodies [][]byte
+	s = Snapshot{AggregateID: d.string(), Version: d.long(), CommandOffset: d.long(), State: d.bytes()}
 	for d.err == nil {
 		n := d.long()
 		if n == 0 {
@@ -70,17 +71,13 @@ func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
 			d.fail()
 			break
 		}
+		if bodies == nil {
+			bodies = make([][]byte, 0, n)
+		}
 		for i := int64(0); i < n && d.err == nil; i++ {
 			start := d.pos
-			rep := Reply{CommandID: d.string(), AggregateID: d.string()}
-			if i := d.long(); i >= 0 && i < int64(len(statuses)) {
-				rep.Status = statuses[i]
-			} else {
-				d.fail()
-			}
-			rep.Version, rep.Reason, rep.Events = d.long(), d.string(), d.int()
-			s.Recent = append(s.Recent, rep)
-			bodies = append(bodies, d.buf[start:d.pos])
+			d.reply(false)
+			bodies = append(bodies, d.buf[start:d.pos:d.pos])
 		}
 	}
 	if d.err == nil && d.pos != len(d.buf) {
@@ -89,10 +86,29 @@ func (r *Registry) ReadSnapshot(data []byte) (Snapshot, [][]byte, error) {
 	if d.err != nil {
 		return Snapshot{}, nil, fmt.Errorf("decode %s: %w: %w", SnapshotName, ErrBody, d.err)
 	}
-	if s.Recent == nil {
-		s.Recent = []Reply{}
-	}
 	return s, bodies, nil
+}
+
+// ReadReply decodes the body of a decider.Reply (what follows its 10-byte
+// header), as ReadSnapshot returns them.
+func ReadReply(body []byte) (Reply, error) {
+	d := avroReader{buf: body}
+	rep := d.reply(true)
+	if d.err == nil && d.pos != len(d.buf) {
+		d.err = errors.New("trailing bytes after the record")
+	}
+	if d.err != nil {
+		return Reply{}, fmt.Errorf("decode %s: %w: %w", ReplyName, ErrBody, d.err)
+	}
+	return rep, nil
+}
+
+// ReplyCommandID returns the commandId of the body of a decider.Reply, a
+// slice of body; nil if body is malformed. The dedupe window compares
+// command ids without decoding its replies.
+func ReplyCommandID(body []byte) []byte {
+	d := avroReader{buf: body}
+	return d.bytes()
 }
 
 // readSnapshotSlow is ReadSnapshot for a snapshot of another schema
@@ -111,6 +127,7 @@ func (r *Registry) readSnapshotSlow(data []byte) (Snapshot, [][]byte, error) {
 		}
 		bodies[i] = enc[FramingSize:]
 	}
+	s.Recent = nil
 	return s, bodies, nil
 }
 
@@ -179,3 +196,16 @@ func (d *avroReader) bytes() []byte {
 }
 
 func (d *avroReader) string() string { return string(d.bytes()) }
+
+// reply reads a decider.Reply; only if decode does it make its strings.
+func (d *avroReader) reply(decode bool) Reply {
+	id, agg, status := d.bytes(), d.bytes(), d.long()
+	if status < 0 || status >= int64(len(statuses)) {
+		d.fail()
+	}
+	version, reason, events := d.long(), d.bytes(), d.int()
+	if !decode || d.err != nil {
+		return Reply{}
+	}
+	return Reply{CommandID: string(id), AggregateID: string(agg), Status: statuses[status], Version: version, Reason: string(reason), Events: events}
+}

@@ -70,7 +70,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
 		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
 		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
-		stateCache: fs.Int64("state-cache", 64<<20, "bytes of decoded aggregates kept in memory, an estimate (negative: none)"),
+		stateCache: fs.Int64("state-cache", 64<<20, "bytes of committed snapshots kept in memory in front of the state store (negative: none)"),
 		blockCache: fs.Int64("block-cache", 256<<20, "bytes of the state store's block cache"),
 		logger:     logFlags(fs),
 	}
