@@ -12,8 +12,9 @@ import (
 // values). Allocating them one by one was a third of the worker's garbage;
 // an arena is reused by a later batch once every record of its batch is
 // acknowledged (franz-go does not touch a record after its promise) and
-// its overlay is written. What outlives the batch (a state, a dedupe
-// window's reply) is never taken from it.
+// its overlay is written. Nothing taken from it outlives the batch: the
+// states decided in a batch live in its overlay, and the state cache and
+// Pebble keep copies of the snapshots.
 //
 // An arena is used by one goroutine at a time. Each kind is one chunk; a
 // chunk that fills up is replaced by one twice as large, and the full one

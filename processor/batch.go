@@ -205,7 +205,7 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	}
 	w := pb.b.w
 	agg := pb.a.agg
-	if v, ok := w.cache.get(pb.a, id); ok {
+	if v, ok := w.cache.get(pb.a, id, pb.ar.buf); ok {
 		w.metrics.cacheHits.Inc()
 		return decodeSnapshot(agg, v)
 	}
@@ -310,9 +310,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
-	_, v, err := agg.Schemas().Encode(reply)
+	v, err := agg.Schemas().AppendReply(pb.ar.buf(schemas.ReplySize(reply)), reply)
 	if err != nil {
-		return fmt.Errorf("encode reply to %s: %w", c.id, err)
+		return fmt.Errorf("reply to %s: %w", c.id, err)
 	}
 	next.recent = st.recent.add(v[schemas.FramingSize:], w.cfg.DedupeWindow)
 	pb.stage(id, next)
@@ -478,9 +478,9 @@ func (pb *partBatch) headers(c *command, ceID, ceType, version []byte) []kgo.Rec
 // which is redone: a committed command never loses its reply to a passing
 // metadata error.
 func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) error {
-	_, v, err := pb.a.agg.Schemas().Encode(rep)
+	v, err := pb.a.agg.Schemas().AppendReply(pb.ar.buf(schemas.ReplySize(rep)), rep)
 	if err != nil {
-		return fmt.Errorf("encode reply to %s: %w", c.id, err)
+		return fmt.Errorf("reply to %s: %w", c.id, err)
 	}
 	return pb.sendReply(ctx, c, rep, v)
 }

@@ -17,7 +17,8 @@ import (
 // the garbage collector does not walk it. (Decoded states made the cache
 // millions of small objects, and marking them took 120–190 ms at every
 // collection: the p99 of a command.) A hit costs a copy and a decode of the
-// snapshot; a command's state is decoded once per batch.
+// snapshot, once per aggregate per batch: the decoded state lives in the
+// batch's overlay, and the bytes in its arena.
 //
 // The ring is written in order and a segment's entries are evicted all at
 // once when the writing comes round to it again. Every committed command
@@ -56,8 +57,9 @@ func (c *stateCache) hash(a *assigned, id string) uint64 {
 	return maphash.String(c.seed, id) ^ a.gen*0x9e3779b97f4a7c15
 }
 
-// get returns a copy of the aggregate's cached snapshot, if any.
-func (c *stateCache) get(a *assigned, id string) ([]byte, bool) {
+// get returns a copy of the aggregate's cached snapshot, if any, in room
+// for n bytes that buf returns.
+func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte, bool) {
 	if c.segs == nil {
 		return nil, false
 	}
@@ -74,7 +76,7 @@ func (c *stateCache) get(a *assigned, id string) ([]byte, bool) {
 		return nil, false // another key of the same hash
 	}
 	v := e[entryHeader+idLen:][:n]
-	return append(make([]byte, 0, n), v...), true
+	return append(buf(n), v...), true
 }
 
 // put caches a committed aggregate's snapshot v (copied). One too big to

@@ -15,25 +15,25 @@ func TestStateCache(t *testing.T) {
 	a := &assigned{gen: assignments.Add(1)}
 	c := newStateCache(4096) // 16 segments of 256 bytes
 	c.put(a, "x", []byte("one"))
-	got, ok := c.get(a, "x")
+	got, ok := c.get(a, "x", heapBuf)
 	if !ok || string(got) != "one" {
 		t.Fatalf("get after put = %q, %v", got, ok)
 	}
 	got[0] = 'X'
-	if again, _ := c.get(a, "x"); string(again) != "one" {
+	if again, _ := c.get(a, "x", heapBuf); string(again) != "one" {
 		t.Fatalf("changing what get returned changed the cache: %q", again)
 	}
 	c.put(a, "x", make([]byte, 300))
-	if got, ok := c.get(a, "x"); ok {
+	if got, ok := c.get(a, "x", heapBuf); ok {
 		t.Fatalf("an uncacheable newer snapshot left %q cached", got)
 	}
-	if _, ok := c.get(&assigned{gen: assignments.Add(1)}, "y"); ok {
+	if _, ok := c.get(&assigned{gen: assignments.Add(1)}, "y", heapBuf); ok {
 		t.Error("an entry of another assignment was served")
 	}
 	// A hash that points at another key's entry is a miss.
 	c.put(a, "y", []byte("why"))
 	c.index[c.hash(a, "z")] = c.index[c.hash(a, "y")]
-	if got, ok := c.get(a, "z"); ok {
+	if got, ok := c.get(a, "z", heapBuf); ok {
 		t.Errorf("get(z) served y's entry %q", got)
 	}
 	for i := range 100 {
@@ -49,10 +49,10 @@ func TestStateCache(t *testing.T) {
 	if held > 4096 {
 		t.Errorf("cache segments hold %d bytes, bound 4096", held)
 	}
-	if _, ok := c.get(a, "0"); ok {
+	if _, ok := c.get(a, "0", heapBuf); ok {
 		t.Error("the oldest entry was not evicted")
 	}
-	if _, ok := c.get(a, "99"); !ok {
+	if _, ok := c.get(a, "99", heapBuf); !ok {
 		t.Error("the newest entry was evicted")
 	}
 }
@@ -79,7 +79,7 @@ func TestStateCacheRing(t *testing.T) {
 		}
 		var held int64
 		for k, want := range last {
-			if got, ok := c.get(k.a, k.id); ok {
+			if got, ok := c.get(k.a, k.id, heapBuf); ok {
 				if !bytes.Equal(got, want) {
 					t.Fatalf("after %d puts get(%d/%s) = %d bytes, want %d", i+1, k.a.gen, k.id, len(got), len(want))
 				}
@@ -91,3 +91,5 @@ func TestStateCacheRing(t *testing.T) {
 		}
 	}
 }
+
+func heapBuf(n int) []byte { return make([]byte, 0, n) }

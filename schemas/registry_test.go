@@ -675,6 +675,10 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("ReadReply = %+v, Decode = %+v", got, want)
 			}
 		}
+		// And the hand-written writer writes what hamba writes.
+		if rep, err := ReadReply(data[min(len(data), FramingSize):]); err == nil {
+			checkAppendReply(t, r, rep)
+		}
 		// The hand-written snapshot reader agrees with hamba's.
 		want, werr := r.Decode(SnapshotName, data)
 		got, bodies, err := readSnapshotWhole(r, data)
@@ -687,6 +691,31 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("ReadSnapshot: %d reply bodies for %d replies", len(bodies), len(got.Recent))
 		}
 	})
+}
+
+// AppendReply writes the bytes Encode writes, within ReplySize, and
+// refuses a status outside the enum.
+func TestAppendReply(t *testing.T) {
+	r := NewRegistry()
+	for _, st := range statuses {
+		checkAppendReply(t, r, Reply{CommandID: "cmd-é-1", AggregateID: "acc-1", Status: st, Version: -1 << 40, Reason: "why", Events: -3})
+		checkAppendReply(t, r, Reply{Status: st, Version: 1 << 62, Events: 1 << 30})
+	}
+	if _, err := r.AppendReply(nil, Reply{CommandID: "c", Status: "MAYBE"}); err == nil {
+		t.Error("AppendReply wrote a status outside decider.Status")
+	}
+}
+
+func checkAppendReply(t *testing.T, r *Registry, rep Reply) {
+	t.Helper()
+	_, want, err := r.Encode(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.AppendReply([]byte("x"), rep)
+	if err != nil || !bytes.Equal(got[1:], want) || len(want) > ReplySize(rep) {
+		t.Fatalf("AppendReply(%+v) = % x, %v; Encode: % x (ReplySize %d)", rep, got[1:], err, want, ReplySize(rep))
+	}
 }
 
 // readSnapshotWhole is ReadSnapshot with its replies decoded by ReadReply.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // The worker writes a snapshot, with its whole dedupe window, for every
@@ -22,8 +23,7 @@ import (
 // encode five times the cost of the rest.
 func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, commandOffset int64, state []byte, recent [][]byte) []byte {
 	dst = append(dst, r.byName[SnapshotName].header...)
-	dst = binary.AppendVarint(dst, int64(len(aggregateID))) // Avro longs are zigzag varints
-	dst = append(dst, aggregateID...)
+	dst = appendString(dst, aggregateID) // Avro longs are zigzag varints, strings prefixed by one
 	dst = binary.AppendVarint(dst, version)
 	dst = binary.AppendVarint(dst, commandOffset)
 	dst = binary.AppendVarint(dst, int64(len(state)))
@@ -42,6 +42,33 @@ func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, comma
 		}
 	}
 	return append(dst, 0) // the end of the array
+}
+
+// AppendReply appends to dst the single-object encoding of rep: the bytes
+// Encode(rep) returns, written by hand (a worker writes one for every
+// command, and hamba's reflection made it the most expensive encode of a
+// command). A status that is not one of decider.Status is an error.
+func (r *Registry) AppendReply(dst []byte, rep Reply) ([]byte, error) {
+	status := slices.Index(statuses, rep.Status)
+	if status < 0 {
+		return dst, fmt.Errorf("encode %s: unknown status %q", ReplyName, rep.Status)
+	}
+	dst = append(dst, r.byName[ReplyName].header...)
+	dst = appendString(dst, rep.CommandID)
+	dst = appendString(dst, rep.AggregateID)
+	dst = binary.AppendVarint(dst, int64(status))
+	dst = binary.AppendVarint(dst, rep.Version)
+	dst = appendString(dst, rep.Reason)
+	return binary.AppendVarint(dst, int64(rep.Events)), nil // an Avro int is zigzag-encoded like a long
+}
+
+// ReplySize bounds the length of rep's single-object encoding.
+func ReplySize(rep Reply) int {
+	return FramingSize + len(rep.CommandID) + len(rep.AggregateID) + len(rep.Reason) + 6*binary.MaxVarintLen64
+}
+
+func appendString(dst []byte, s string) []byte {
+	return append(binary.AppendVarint(dst, int64(len(s))), s...)
 }
 
 // ReadSnapshot decodes a decider.Snapshot but for its dedupe window: it
