@@ -24,7 +24,8 @@ type Config struct {
 	// Store is the worker's local state; the worker does not close it.
 	Store *statestore.Store
 	// Kafka are the options to reach the cluster (kgo.SeedBrokers, TLS,
-	// SASL). The worker adds its group, transaction and consuming options.
+	// SASL). The worker adds its group, transaction and consuming options;
+	// a kgo.FetchMaxBytes here replaces its default of 8 MiB.
 	Kafka []kgo.Opt
 	// InstanceID names this worker stably across restarts (keep it with the
 	// data dir). Its transactional id is "<app>-<InstanceID>": a restarted
@@ -215,7 +216,11 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // session runs one group membership with one transactional producer.
 func (w *Worker) session(ctx context.Context) error {
-	opts := w.cfg.Kafka[:len(w.cfg.Kafka):len(w.cfg.Kafka)]
+	// Fetched commands wait in the client until polled, decoded: a bound
+	// on a fetch bounds them (50 MiB by default, which made 240 MiB of
+	// records and buffers that every garbage collection walked). 8 MiB
+	// holds more than one poll's commands.
+	opts := append([]kgo.Opt{kgo.FetchMaxBytes(8 << 20)}, w.cfg.Kafka...)
 	if w.cfg.Registerer != nil {
 		// kprom registers its collectors with the session's client and
 		// unregisters them when it closes, so each session gets its own.

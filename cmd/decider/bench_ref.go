@@ -37,6 +37,7 @@ func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, insta
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.FetchMaxWait(500*time.Millisecond),
+		kgo.FetchMaxBytes(8<<20), // as the worker fetches
 	)...)
 	if err != nil {
 		return fmt.Errorf("reference %s: %w", txnID, err)
