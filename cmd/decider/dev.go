@@ -25,7 +25,7 @@ func runDev(ctx context.Context, args []string, stdout io.Writer) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := startBroker(*listen, *wf.dataDir)
+	c, err := startBroker(*listen, *wf.dataDir, defaultStateLogBytes)
 	if err != nil {
 		return err
 	}
