@@ -93,3 +93,27 @@ func TestStateCacheRing(t *testing.T) {
 }
 
 func heapBuf(n int) []byte { return make([]byte, 0, n) }
+
+// BenchmarkStateCache is a hit and a put of a snapshot of the bench's size
+// (≈ 300 bytes) among 100k aggregates in the default 64 MiB cache.
+func BenchmarkStateCache(b *testing.B) {
+	const n = 100000
+	a := &assigned{gen: assignments.Add(1)}
+	c := newStateCache(64 << 20)
+	ids := make([]string, n)
+	v := bytes.Repeat([]byte{1}, 300)
+	for i := range ids {
+		ids[i] = fmt.Sprint("acc-", i)
+		c.put(a, ids[i], v)
+	}
+	buf := make([]byte, 0, 512)
+	i := 0
+	for b.Loop() {
+		id := ids[i%n]
+		if _, ok := c.get(a, id, func(int) []byte { return buf[:0] }); !ok {
+			b.Fatalf("miss of %s", id)
+		}
+		c.put(a, id, v)
+		i++
+	}
+}
