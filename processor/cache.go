@@ -15,7 +15,7 @@ import (
 // It holds encoded snapshots, not decoded states, in a ring of byte
 // segments indexed by a map of integers: nothing in it has a pointer, so
 // the garbage collector does not walk it. (Decoded states made the cache
-// millions of small objects, and marking them took 120–190 ms at every
+// millions of small objects, and marking them took 120–310 ms at every
 // collection: the p99 of a command.) A hit costs a copy and a decode of the
 // snapshot, once per aggregate per batch: the decoded state lives in the
 // batch's overlay, and the bytes in its arena.
