@@ -31,7 +31,8 @@ type stateCache struct {
 	mu    sync.Mutex
 	seed  maphash.Seed
 	index map[uint64]uint64 // hash of (assignment, id) → position: segment<<32 | offset
-	segs  [][]byte          // the ring; a segment is allocated when first written
+	segs  [][]byte          // the ring, grown a segment at a time up to nsegs as it is first written
+	nsegs int               // of the ring: 0 disables the cache
 	cur   int               // the segment being written
 	size  int               // of a segment: the largest entry cached
 	bytes int64             // of the entries the index points to
@@ -41,14 +42,16 @@ type stateCache struct {
 // the key's hash, the assignment, the id's length, the snapshot's length.
 const entryHeader = 8 + 8 + 4 + 4
 
-// maxSegment bounds a segment; a cache is cut into at least 16.
+// maxSegment bounds a segment; a cache is cut into at least 16. A
+// snapshot larger than a segment is not cached.
 const maxSegment = 4 << 20
 
 func newStateCache(maxBytes int64) *stateCache {
 	c := &stateCache{seed: maphash.MakeSeed(), index: map[uint64]uint64{}}
 	if maxBytes > 0 {
 		c.size = int(min(maxSegment, max(maxBytes/16, 1)))
-		c.segs = make([][]byte, max(maxBytes/int64(c.size), 1))
+		c.nsegs = int(min(max(maxBytes/int64(c.size), 1), 1<<31)) // a position keeps 32 bits for the segment
+		c.segs = make([][]byte, 1)
 	}
 	return c
 }
@@ -60,7 +63,7 @@ func (c *stateCache) hash(a *assigned, id string) uint64 {
 // get returns a copy of the aggregate's cached snapshot, if any, in room
 // for n bytes that buf returns.
 func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte, bool) {
-	if c.segs == nil {
+	if c.nsegs == 0 {
 		return nil, false
 	}
 	h := c.hash(a, id)
@@ -82,7 +85,7 @@ func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte
 // put caches a committed aggregate's snapshot v (copied). One too big to
 // cache replaces nothing: its older entry is dropped.
 func (c *stateCache) put(a *assigned, id string, v []byte) {
-	if c.segs == nil {
+	if c.nsegs == 0 {
 		return
 	}
 	h := c.hash(a, id)
@@ -97,8 +100,12 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 		return
 	}
 	if len(c.segs[c.cur])+n > c.size {
-		c.cur = (c.cur + 1) % len(c.segs)
-		c.evict(c.cur)
+		c.cur = (c.cur + 1) % c.nsegs
+		if c.cur == len(c.segs) {
+			c.segs = append(c.segs, nil)
+		} else {
+			c.evict(c.cur)
+		}
 	}
 	seg := c.segs[c.cur]
 	if seg == nil {

@@ -3,6 +3,7 @@ package processor
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 )
@@ -54,6 +55,12 @@ func TestStateCache(t *testing.T) {
 	}
 	if _, ok := c.get(a, "99", heapBuf); !ok {
 		t.Error("the newest entry was evicted")
+	}
+	// A bound meaning "no bound" allocates as it is used, not up front.
+	huge := newStateCache(math.MaxInt64)
+	huge.put(a, "x", []byte("one"))
+	if got, ok := huge.get(a, "x", heapBuf); !ok || string(got) != "one" || len(huge.segs) != 1 {
+		t.Errorf("a cache of MaxInt64 bytes: get = %q, %v; %d segments", got, ok, len(huge.segs))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -644,7 +645,19 @@ func FuzzDecode(f *testing.F) {
 	// readers must refuse it.
 	big := binary.AppendVarint([]byte{2, 'c', 2, 'a', 0, 0, 0}, 1<<40)
 	f.Add(r.AppendSnapshot(nil, "a", 1, 0, nil, [][]byte{big}))
+	// A status (an enum: an Avro int) written in six bytes, which hamba
+	// refuses, and in five with bits past the 32nd, which it drops.
+	f.Add(append(reply[:FramingSize:FramingSize], 2, 'c', 2, 'a', 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0, 0, 0))
+	f.Add(append(reply[:FramingSize:FramingSize], 2, 'c', 2, 'a', 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0, 0))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if v, err := r.Decode(SnapshotName, data); err == nil && reflect.ValueOf(v.(Snapshot).Recent).Len() < 0 {
+			// hamba read a block count of MinInt64 as a slice of negative
+			// length; ReadSnapshot refuses it (TestReadSnapshotMinBlock).
+			if _, _, err := r.ReadSnapshot(data); err == nil {
+				t.Fatal("ReadSnapshot accepted a block count of MinInt64")
+			}
+			return
+		}
 		for _, name := range []string{ReplyName, SnapshotName} {
 			v, err := r.Decode(name, data)
 			if err != nil {
@@ -715,6 +728,20 @@ func checkAppendReply(t *testing.T, r *Registry, rep Reply) {
 	got, err := r.AppendReply([]byte("x"), rep)
 	if err != nil || !bytes.Equal(got[1:], want) || len(want) > ReplySize(rep) {
 		t.Fatalf("AppendReply(%+v) = % x, %v; Encode: % x (ReplySize %d)", rep, got[1:], err, want, ReplySize(rep))
+	}
+}
+
+// A window's block count of MinInt64 is still negative once negated:
+// ReadSnapshot refuses it, and does not panic. (hamba "decodes" it as a
+// slice of negative length.)
+func TestReadSnapshotMinBlock(t *testing.T) {
+	r := NewRegistry()
+	_, snapshot := sampleData(t)
+	data := binary.AppendVarint(snapshot[:FramingSize:FramingSize], 0) // aggregateId ""
+	data = append(binary.AppendVarint(binary.AppendVarint(data, 1), 0), 0) // version, commandOffset, state
+	data = append(binary.AppendVarint(binary.AppendVarint(data, math.MinInt64), 0), 0)
+	if _, _, err := r.ReadSnapshot(data); !errors.Is(err, ErrBody) {
+		t.Errorf("ReadSnapshot(block count MinInt64) = %v, want ErrBody", err)
 	}
 }
 

@@ -94,7 +94,7 @@ func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err e
 			n = -n
 			d.long()
 		}
-		if n > int64(len(d.buf)) { // every reply takes at least one byte
+		if n < 0 || n > int64(len(d.buf)) { // -MinInt64; every reply takes at least one byte
 			d.fail()
 			break
 		}
@@ -226,8 +226,8 @@ func (d *avroReader) string() string { return string(d.bytes()) }
 
 // reply reads a decider.Reply; only if decode does it make its strings.
 func (d *avroReader) reply(decode bool) Reply {
-	id, agg, status := d.bytes(), d.bytes(), d.long()
-	if status < 0 || status >= int64(len(statuses)) {
+	id, agg, status := d.bytes(), d.bytes(), d.int() // an enum's index is an int
+	if status < 0 || int(status) >= len(statuses) {
 		d.fail()
 	}
 	version, reason, events := d.long(), d.bytes(), d.int()
