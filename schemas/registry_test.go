@@ -737,7 +737,7 @@ func checkAppendReply(t *testing.T, r *Registry, rep Reply) {
 func TestReadSnapshotMinBlock(t *testing.T) {
 	r := NewRegistry()
 	_, snapshot := sampleData(t)
-	data := binary.AppendVarint(snapshot[:FramingSize:FramingSize], 0) // aggregateId ""
+	data := binary.AppendVarint(snapshot[:FramingSize:FramingSize], 0)     // aggregateId ""
 	data = append(binary.AppendVarint(binary.AppendVarint(data, 1), 0), 0) // version, commandOffset, state
 	data = append(binary.AppendVarint(binary.AppendVarint(data, math.MinInt64), 0), 0)
 	if _, _, err := r.ReadSnapshot(data); !errors.Is(err, ErrBody) {
