@@ -41,12 +41,17 @@ prints every figure next to its ratio to the reference's:
     store) and for a decider worker of the example domain with its state
     store on a temp dir. Joining the group is reported apart (startup).
  2. latency: an open-loop sender offers commands at each of --loads per
-    second for --duration, and a reader of the replies topic measures
-    send → reply (p50, p99, p999), for both.
+    second, and a reader of the replies topic measures send → reply (p50,
+    p99, p999). Each system gets --duration of each load, in --rounds
+    rounds in which the systems take turns (decider, reference,
+    reference, decider, …), each warmed up for a second before its turn
+    is measured. Decider stays up from its flat-out run to the end (a
+    restart would empty its state cache); the reference, which holds no
+    state, is stopped after its flat-out run and started for each turn.
  3. restore: --restore-aggregates snapshots in the changelog are restored
     into an empty store, every partition in parallel as a worker does.
- 4. peak RSS of this process in each phase (VmHWM, reset between phases),
-    and the state store's size on disk.
+ 4. peak RSS of this process in each flat-out run and in the restore
+    (VmHWM, reset between them), and the state store's size on disk.
 
 The broker is a "decider broker" child process by default (it does not
 share this process's memory and garbage collector with what is measured),
@@ -72,11 +77,13 @@ type bench struct {
 	adm        *kadm.Client
 	run        string // names the run's apps: bench-<run>-decider, …
 	dir        string // temp dir of the state stores
+	stateDir   string // of the decider worker's, kept across its restarts
 	partitions int32
 	commands   int
 	accounts   int
 	loads      []int
 	duration   time.Duration
+	rounds     int
 	restoreN   int
 	cpuprofile string
 	brokerPID  int // of a broker child process; 0 for none
@@ -92,7 +99,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run (default 3 × --accounts: an open and two deposits or withdrawals per account)")
 	accts := fs.Int("accounts", 100000, "accounts the commands go to (the first --accounts commands open them)")
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
-	duration := fs.Duration("duration", 10*time.Second, "length of each latency run")
+	duration := fs.Duration("duration", 10*time.Second, "time each system is offered each load, over all rounds")
+	rounds := fs.Int("rounds", 2, "rounds of latency runs: each system gets --duration/rounds of each load per round, the systems alternating (ABBA…), so that a busy moment of the machine does not fall on one of them only")
 	restoreN := fs.Int("restore-aggregates", 1000000, "snapshots in the changelog of the restore run")
 	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs and the restore to `prefix`.decider.pprof, prefix.reference.pprof and prefix.restore.pprof")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of the table")
@@ -111,7 +119,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	b := &bench{
 		partitions: int32(*partitions), commands: *commands, accounts: *accts, duration: *duration,
-		restoreN: *restoreN, cpuprofile: *cpuprofile, progress: os.Stderr,
+		rounds: *rounds, restoreN: *restoreN, cpuprofile: *cpuprofile, progress: os.Stderr,
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	for _, s := range strings.Split(*loads, ",") {
@@ -127,8 +135,8 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	switch {
 	case b.partitions <= 0 || b.commands <= 0 || b.accounts <= 0 || b.restoreN <= 0:
 		return errors.New("--partitions, --commands, --accounts and --restore-aggregates must be positive")
-	case b.duration <= 0:
-		return errors.New("--duration must be positive")
+	case b.duration <= 0 || b.rounds <= 0:
+		return errors.New("--duration and --rounds must be positive")
 	}
 	var r [3]byte
 	_, _ = rand.Read(r[:])
@@ -140,7 +148,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	defer os.RemoveAll(dir)
 	b.dir = dir
 
-	res := benchResult{Machine: thisMachine(), Partitions: b.partitions, Commands: b.commands, Accounts: b.accounts, Duration: b.duration.String()}
+	res := benchResult{Machine: thisMachine(), Partitions: b.partitions, Commands: b.commands, Accounts: b.accounts, Duration: b.duration.String(), Rounds: b.rounds}
 	seeds := splitBrokers(*brokers)
 	res.Broker = "cluster " + *brokers
 	stopBroker := func() (int64, error) { return 0, nil }
@@ -184,31 +192,80 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 	if err != nil {
 		return err
 	}
-	systems := []struct {
-		name string
-		run  func(ctx context.Context, app *topology.App) (int64, error)
-		out  *systemResult
-	}{
-		{"reference", b.runReference, &res.Reference},
-		{"decider", b.runDecider, &res.Decider},
+	// The reference runs first and is stopped after its flat-out run, so
+	// that decider's runs alone. Decider, whose state cache a restart would
+	// empty, then stays up through every latency round; the reference, which
+	// holds no state, is started again for each of its rounds. The rounds
+	// take turns ABBA…, decider first: what its flat-out run left to do
+	// (Pebble's flushes and compactions) falls in its own round.
+	systems := []*benchSystem{
+		{name: "reference", run: b.runReference, out: &res.Reference},
+		{name: "decider", run: b.runDecider, out: &res.Decider, keep: true},
 	}
-	apps := make([]*topology.App, len(systems))
-	for i, s := range systems {
-		if apps[i], err = b.app(ctx, s.name, agg); err != nil {
+	for _, s := range systems {
+		if s.app, err = b.app(ctx, s.name, agg); err != nil {
 			return err
 		}
 		b.say("preloading %d commands over %d accounts for %s", b.commands, b.accounts, s.name)
-		if err := preload(ctx, b.kafka, newWorkload(agg, apps[i].Topics(agg), b.accounts, 1), b.commands); err != nil {
+		if err := preload(ctx, b.kafka, newWorkload(agg, s.app.Topics(agg), b.accounts, 1), b.commands); err != nil {
 			return fmt.Errorf("preload %s: %w", s.name, err)
 		}
+		s.next, s.runs = b.commands, make([]latencyRun, len(b.loads))
 	}
-	for i, s := range systems {
-		if *s.out, err = b.measure(ctx, s.name, s.run, apps[i], agg); err != nil {
+	defer func() {
+		for _, s := range systems {
+			if s.stop != nil {
+				_ = s.stop()
+			}
+		}
+	}()
+	for _, s := range systems {
+		if err := b.flatOut(ctx, s, agg); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	for round := range b.rounds {
+		for turn := range systems {
+			s := systems[len(systems)-1-turn]
+			if round%2 == 1 {
+				s = systems[turn]
+			}
+			if err := b.latencyRound(ctx, s, agg, round); err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+		}
+	}
+	for _, s := range systems {
+		if s.stop != nil {
+			if err := s.stop(); err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			s.stop = nil
+		}
+		s.out.DiskBytes = s.disk
+		for j, load := range b.loads {
+			l := summarize(load, s.runs[j])
+			b.say("%s: at %d/s: p50 %.2fms p99 %.2fms p999 %.2fms (%d of %d answered)", s.name, load, l.P50ms, l.P99ms, l.P999ms, l.Replies, l.Sent)
+			s.out.Latency = append(s.out.Latency, l)
 		}
 	}
 	res.Restore, err = b.measureRestore(ctx, agg)
 	return err
+}
+
+// benchSystem is one of the systems measured, and its state in the run.
+type benchSystem struct {
+	name string
+	run  func(ctx context.Context, app *topology.App) (int64, error) // until ctx ends; the state store's size
+	out  *systemResult
+	keep bool // up from its flat-out run to the end of the latency rounds
+
+	app     *topology.App
+	waitCtx context.Context // ends when the running system stops
+	stop    func() error    // of the running system; nil when it is not running
+	disk    int64           // what its last run returned
+	next    int             // the next command of its latency workload
+	runs    []latencyRun    // by load
 }
 
 // app creates the topics of the run's app for system name.
@@ -262,44 +319,54 @@ type systemResult struct {
 	DiskBytes   int64   `json:"disk_bytes"` // the state store's files after the run
 }
 
-// measure runs one system over app's preloaded commands: flat out, then
-// every load. The CPU profile, if asked for, covers the flat-out run.
-func (b *bench) measure(ctx context.Context, name string, run func(context.Context, *topology.App) (int64, error), app *topology.App, agg *topology.Aggregate) (systemResult, error) {
-	var res systemResult
-	resetPeakRSS()
-	stopProfile, err := b.profile(name)
-	if err != nil {
-		return res, err
-	}
-	defer stopProfile()
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	waitCtx, running := context.WithCancel(ctx) // ends when the system stops
-	defer running()
-	var disk int64
+// start runs s until s.stop is called, which returns what its run
+// returned; s.waitCtx ends when it stops, by itself too.
+func (b *bench) start(ctx context.Context, s *benchSystem) {
+	runCtx, cancel := context.WithCancel(ctx)
+	waitCtx, running := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	b.say("%s: flat out", name)
-	began, cpuBegan, brokerBegan := time.Now(), cpuTime(0), cpuTime(b.brokerPID)
 	go func() {
 		defer running()
-		var err error
-		disk, err = run(runCtx, app)
+		n, err := s.run(runCtx, s.app)
+		s.disk = n
 		done <- err
 	}()
-	fail := func(err error) (systemResult, error) {
-		stop()
-		return res, errors.Join(err, <-done)
+	s.waitCtx, s.stop = waitCtx, sync.OnceValue(func() error {
+		cancel()
+		return <-done
+	})
+}
+
+// flatOut runs s over its preloaded commands as fast as it goes, and stops
+// it unless it is kept. The CPU profile, if asked for, covers the run, and
+// the peak RSS is this run's.
+func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggregate) error {
+	res := s.out
+	resetPeakRSS()
+	stopProfile, err := b.profile(s.name)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
+	b.say("%s: flat out", s.name)
+	began, cpuBegan, brokerBegan := time.Now(), cpuTime(0), cpuTime(b.brokerPID)
+	b.start(ctx, s)
+	fail := func(err error) error {
+		err = errors.Join(err, s.stop())
+		s.stop = nil
+		return err
 	}
 	// The clock starts once the group has handed out every partition:
 	// from then on each system fetches, decides and commits. (Starting it
 	// at the first poll would not count what the client did to return
 	// it: its first fetch can bring most of the preloaded commands, and
 	// decoding them takes a second of CPU before the poll returns.)
-	start, err := waitAssigned(waitCtx, b.adm, app.Group(), app.Topics(agg).Commands, agg.Partitions())
+	topic := s.app.Topics(agg).Commands
+	start, err := waitAssigned(s.waitCtx, b.adm, s.app.Group(), topic, agg.Partitions())
 	if err != nil {
 		return fail(err)
 	}
-	end, err := waitConsumed(waitCtx, b.adm, app.Group(), app.Topics(agg).Commands, int64(b.commands))
+	end, err := waitConsumed(s.waitCtx, b.adm, s.app.Group(), topic, int64(b.commands))
 	if err != nil {
 		return fail(err)
 	}
@@ -310,25 +377,46 @@ func (b *bench) measure(ctx context.Context, name string, run func(context.Conte
 	}
 	res.StartupS, res.FlatOutS = start.Sub(began).Seconds(), end.Sub(start).Seconds()
 	res.PerS = float64(b.commands) / res.FlatOutS
-	b.say("%s: %.0f commands/s (startup %.2fs)", name, res.PerS, res.StartupS)
+	b.say("%s: %.0f commands/s (startup %.2fs)", s.name, res.PerS, res.StartupS)
+	res.PeakRSS = peakRSS(os.Getpid())
+	if s.keep {
+		return nil
+	}
+	return fail(nil)
+}
 
-	w := newWorkload(agg, app.Topics(agg), b.accounts, 2)
-	next := b.commands
-	for _, load := range b.loads {
-		l, err := measureLatency(waitCtx, b.kafka, w, next, load, b.duration)
-		if err != nil {
-			return fail(fmt.Errorf("latency at %d/s: %w", load, err))
+// latencyRound offers s each load for --duration/--rounds, after a second
+// of warming up at the first load (a client's first requests find no
+// connection yet), and adds the runs to s.runs. A system not running is
+// started for the round, and stopped after it.
+func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round int) (err error) {
+	if s.stop == nil {
+		b.start(ctx, s)
+		defer func() {
+			err = errors.Join(err, s.stop())
+			s.stop = nil
+		}()
+		if _, err := waitAssigned(s.waitCtx, b.adm, s.app.Group(), s.app.Topics(agg).Commands, agg.Partitions()); err != nil {
+			return err
 		}
-		next += l.Sent
-		b.say("%s: at %d/s: p50 %.2fms p99 %.2fms p999 %.2fms (%d of %d answered)", name, load, l.P50ms, l.P99ms, l.P999ms, l.Replies, l.Sent)
-		res.Latency = append(res.Latency, l)
 	}
-	stop()
-	if err := <-done; err != nil {
-		return res, err
+	w := newWorkload(agg, s.app.Topics(agg), b.accounts, 2+uint64(round))
+	each := b.duration / time.Duration(b.rounds)
+	warm, err := measureLatency(s.waitCtx, b.kafka, w, s.next, b.loads[0], min(time.Second, each), fmt.Sprintf("w%d", round))
+	s.next += warm.Sent
+	if err != nil {
+		return fmt.Errorf("warm-up: %w", err)
 	}
-	res.PeakRSS, res.DiskBytes = peakRSS(os.Getpid()), disk
-	return res, nil
+	b.say("%s: round %d of %d", s.name, round+1, b.rounds)
+	for i, load := range b.loads {
+		r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
+		s.next += r.Sent
+		if err != nil {
+			return fmt.Errorf("latency at %d/s: %w", load, err)
+		}
+		s.runs[i].add(r)
+	}
+	return nil
 }
 
 // profile starts the CPU profile of system name's flat-out run, if asked
@@ -356,13 +444,18 @@ func (b *bench) profile(name string) (stop func(), err error) {
 	}, nil
 }
 
-// runDecider runs a decider worker of app, its state store in a new temp
-// dir, until ctx ends, and returns the store's size on disk.
+// runDecider runs a decider worker of app until ctx ends, and returns its
+// state store's size on disk. The store is in a temp dir made at the first
+// run and kept for the next: a restarted worker goes on from it.
 func (b *bench) runDecider(ctx context.Context, app *topology.App) (int64, error) {
-	dir, err := os.MkdirTemp(b.dir, "state-")
-	if err != nil {
-		return 0, err
+	if b.stateDir == "" {
+		dir, err := os.MkdirTemp(b.dir, "state-")
+		if err != nil {
+			return 0, err
+		}
+		b.stateDir = dir
 	}
+	dir := b.stateDir
 	store, err := statestore.Open(dir, nil)
 	if err != nil {
 		return 0, err

@@ -187,12 +187,14 @@ const drainTimeout = 2 * time.Minute
 // measureLatency offers commands of w (numbered from first) at rate per
 // second for d, open loop: a paced sender produces without waiting for
 // replies, and a reader of every partition of the replies topic measures
-// from handing each command to the producer to reading its reply.
-func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, rate int, d time.Duration) (latency, error) {
-	res := latency{Offered: rate}
-	total := int(float64(rate) * d.Seconds())
+// from handing each command to the producer to reading its reply. The
+// command ids are "L<tag>-<n>": tag tells this run's replies from late ones
+// of another.
+func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, rate int, d time.Duration, tag string) (latencyRun, error) {
+	var res latencyRun
+	total := max(int(float64(rate)*d.Seconds()), 1)
 	sentAt := make([]atomic.Int64, total) // unix nanos, by sequence number
-	prefix := "L" + strconv.Itoa(rate) + "-"
+	prefix := "L" + tag + "-"
 
 	reader, err := replyReader(ctx, kafka, w.topics.Replies)
 	if err != nil {
@@ -250,7 +252,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		}
 		time.Sleep(time.Millisecond)
 	}
-	res.Achieved = float64(res.Sent) / time.Since(start).Seconds()
+	res.sentFor = time.Since(start)
 	if err := pr.Flush(ctx); err != nil {
 		return res, fmt.Errorf("flush: %w", err)
 	}
@@ -262,16 +264,42 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		time.Sleep(10 * time.Millisecond) // the reader counts; nothing to wait on but the count
 	}
 	stopReader()
-	res.Replies = len(lats)
+	res.lats = lats
 	if len(lats) == 0 {
 		return res, fmt.Errorf("no reply to any of %d commands at %d/s within %s", res.Sent, rate, drainTimeout)
 	}
-	slices.Sort(lats)
+	return res, ctx.Err()
+}
+
+// latencyRun is what measureLatency saw of one run.
+type latencyRun struct {
+	Sent    int
+	sentFor time.Duration   // from the first command handed to the producer to the last
+	lats    []time.Duration // of the commands answered, in the order read
+}
+
+// add adds the commands of r to l.
+func (l *latencyRun) add(r latencyRun) {
+	l.Sent += r.Sent
+	l.sentFor += r.sentFor
+	l.lats = append(l.lats, r.lats...)
+}
+
+// summarize returns the percentiles of the runs in l, at load per second.
+func summarize(load int, l latencyRun) latency {
+	res := latency{Offered: load, Sent: l.Sent, Replies: len(l.lats)}
+	if l.sentFor > 0 {
+		res.Achieved = float64(l.Sent) / l.sentFor.Seconds()
+	}
+	if len(l.lats) == 0 {
+		return res
+	}
+	slices.Sort(l.lats)
 	ms := func(q float64) float64 {
-		return float64(lats[int(q*float64(len(lats)-1))]) / float64(time.Millisecond)
+		return float64(l.lats[int(q*float64(len(l.lats)-1))]) / float64(time.Millisecond)
 	}
 	res.P50ms, res.P99ms, res.P999ms = ms(0.50), ms(0.99), ms(0.999)
-	return res, ctx.Err()
+	return res
 }
 
 // replyReader returns a client reading every partition of topic

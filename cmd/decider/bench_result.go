@@ -24,7 +24,8 @@ type benchResult struct {
 	Partitions    int32
 	Commands      int
 	Accounts      int
-	Duration      string // of each latency run
+	Duration      string // each system was offered each load, over all rounds
+	Rounds        int    // in which the systems took turns at the latency runs
 	Reference     systemResult
 	Decider       systemResult
 	Restore       restoreResult
@@ -96,7 +97,7 @@ func (r *benchResult) summary() map[string]any {
 		"machine":                            r.Machine,
 		"config": map[string]any{
 			"broker": r.Broker, "partitions": r.Partitions, "commands": r.Commands, "accounts": r.Accounts,
-			"latency_run": r.Duration,
+			"latency_per_load": r.Duration, "latency_rounds": r.Rounds,
 		},
 	}
 	if r.BrokerPeakRSS > 0 {
@@ -116,7 +117,7 @@ func (r *benchResult) summary() map[string]any {
 func (r *benchResult) table(w io.Writer) {
 	m := r.Machine
 	fmt.Fprintf(w, "decider bench: %d cores (%s), GOMAXPROCS %d, %s, %s; broker: %s\n", m.Cores, m.CPU, m.GOMAXPROCS, m.GoVersion, m.OS, r.Broker)
-	fmt.Fprintf(w, "%d partitions; %d commands over %d accounts; latency runs of %s each\n\n", r.Partitions, r.Commands, r.Accounts, r.Duration)
+	fmt.Fprintf(w, "%d partitions; %d commands over %d accounts; latency: %s of each load per system, in %d rounds taking turns\n\n", r.Partitions, r.Commands, r.Accounts, r.Duration, r.Rounds)
 	row := func(name string, d, ref float64, format string) {
 		fmt.Fprintf(w, "%-28s %12s %12s %18.2f\n", name, fmt.Sprintf(format, d), fmt.Sprintf(format, ref), ratio(d, ref))
 	}
