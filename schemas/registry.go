@@ -334,7 +334,7 @@ func (r *Registry) writerSchema(b *binding, data []byte) (avro.Schema, []byte, e
 		return nil, nil, fmt.Errorf("decode %s: %w", b.name, err)
 	}
 	if fp == b.fp {
-		return b.schema, body, nil
+		return b.schema, body, checked(b, b.schema, body)
 	}
 	res, ok := b.resolved[fp]
 	if !ok {
@@ -343,7 +343,15 @@ func (r *Registry) writerSchema(b *binding, data []byte) (avro.Schema, []byte, e
 		}
 		return nil, nil, fmt.Errorf("decode %s: %w %016x", b.name, ErrUnknownSchema, fp)
 	}
-	return res, body, nil
+	return res, body, checked(b, r.byFP[fp], body)
+}
+
+// checked is checkBody's error, for decoding body as b.
+func checked(b *binding, writer avro.Schema, body []byte) error {
+	if err := checkBody(writer, body); err != nil {
+		return fmt.Errorf("decode %s: %w: %w", b.name, ErrBody, err)
+	}
+	return nil
 }
 
 // readBody reads body, all of it, as one value of schema s into v.
