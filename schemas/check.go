@@ -7,9 +7,9 @@ import (
 )
 
 // checkBody walks body as writer writes it and refuses what hamba must not
-// be given: an array or map block count of MinInt64, which stays negative
-// once negated, and from which hamba grows a slice to a negative length and
-// writes items before its start (memory corruption, found by FuzzDecode).
+// be given: an array or map block count of MinInt64 (see blockCount), from
+// which hamba grows a slice to a negative length and writes items before
+// its start (memory corruption, found by FuzzDecode).
 // It also bounds nesting. It checks lengths and indexes as it goes but is
 // not a full validation: hamba still reads the body afterwards.
 func checkBody(writer avro.Schema, body []byte) error {
@@ -21,8 +21,6 @@ func checkBody(writer avro.Schema, body []byte) error {
 // maxNesting bounds how deep checkBody follows arrays, maps, unions and
 // records into each other.
 const maxNesting = 1000
-
-var errBlockCount = errors.New("array or map block count out of range")
 
 // skip reads past one value of schema s.
 func (d *avroReader) skip(s avro.Schema, depth int) {
@@ -77,16 +75,8 @@ func (d *avroReader) skip(s avro.Schema, depth int) {
 // them (each item after its key).
 func (d *avroReader) skipBlocks(items avro.Schema, keyed bool, depth int) {
 	for d.err == nil {
-		n := d.long()
+		n := d.blockCount()
 		if n == 0 {
-			return
-		}
-		if n < 0 {
-			n = -n
-			d.long() // the block's size in bytes
-		}
-		if n < 0 {
-			d.err = errBlockCount
 			return
 		}
 		for i := int64(0); i < n && d.err == nil; i++ {

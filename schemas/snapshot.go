@@ -86,15 +86,11 @@ func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err e
 	d := avroReader{buf: body}
 	s = Snapshot{AggregateID: d.string(), Version: d.long(), CommandOffset: d.long(), State: d.bytes()}
 	for d.err == nil {
-		n := d.long()
+		n := d.blockCount()
 		if n == 0 {
 			break
 		}
-		if n < 0 { // a block with its size in bytes
-			n = -n
-			d.long()
-		}
-		if n < 0 || n > int64(len(d.buf)) { // -MinInt64; every reply takes at least one byte
+		if n > int64(len(d.buf)) { // every reply takes at least one byte
 			d.fail()
 			break
 		}
@@ -223,6 +219,25 @@ func (d *avroReader) bytes() []byte {
 }
 
 func (d *avroReader) string() string { return string(d.bytes()) }
+
+// blockCount reads the header of an array's or a map's block: its count
+// of items, 0 at the end, and its size in bytes when it has one (a negative
+// count says so). A count still negative once negated, MinInt64, is an
+// error: hamba would grow a slice to a negative length from it.
+func (d *avroReader) blockCount() int64 {
+	n := d.long()
+	if n < 0 {
+		n = -n
+		d.long() // the block's size in bytes
+	}
+	if n < 0 {
+		if d.err == nil {
+			d.err = errors.New("array or map block count out of range")
+		}
+		return 0
+	}
+	return n
+}
 
 // reply reads a decider.Reply; only if decode does it make its strings.
 func (d *avroReader) reply(decode bool) Reply {

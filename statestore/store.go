@@ -48,8 +48,9 @@ type Options struct {
 // checkpoint, the next changelog offset not yet reflected in the store.
 //
 // A snapshot and the checkpoint that covers it are written in one Pebble
-// batch or one ingested table, so the store always holds a prefix of the committed changelog of
-// each partition: never ahead of Kafka, possibly behind.
+// batch, or in tables ingested together, so the store always holds a
+// prefix of the committed changelog of each partition: never ahead of
+// Kafka, possibly behind.
 //
 // Store is safe for concurrent use; callers keep writes of one partition in
 // one goroutine at a time (Apply, Restore and Drop of the same partition
@@ -85,7 +86,8 @@ func Open(dir string, o *Options) (*Store, error) {
 	// Bloom filters on every level: a Get of an aggregate that is in no
 	// memtable otherwise reads a data block of every level whose file
 	// spans its key, and aggregate ids spread over all of them (a tenth
-	// less CPU per command with a million aggregates).
+	// less CPU per command with a million aggregates). The other levels
+	// inherit L0's policy.
 	opts.Levels[0].FilterPolicy = bloom.FilterPolicy(10)
 	opts.EnsureDefaults()
 	db, err := pebble.Open(dir, opts)

@@ -62,7 +62,7 @@ Examples:
   decider bench
   decider bench --accounts 1000000 --json
   decider bench --quick --broker embedded
-  decider bench --cpuprofile /tmp/bench   # /tmp/bench.{decider,reference,restore}.pprof
+  decider bench --cpuprofile /tmp/bench   # /tmp/bench.{decider,reference,decider-latency,reference-latency,restore}.pprof
 `
 
 // quickFlags are --quick's sizes, for the flags not given otherwise.
@@ -102,7 +102,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	duration := fs.Duration("duration", 10*time.Second, "time each system is offered each load, over all rounds")
 	rounds := fs.Int("rounds", 2, "rounds of latency runs: each system gets --duration/rounds of each load per round, the systems alternating (ABBA…), so that a busy moment of the machine does not fall on one of them only")
 	restoreN := fs.Int("restore-aggregates", 1000000, "snapshots in the changelog of the restore run")
-	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs and the restore to `prefix`.decider.pprof, prefix.reference.pprof and prefix.restore.pprof")
+	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs, of each system's first latency round and of the restore to `prefix`.decider.pprof, prefix.reference.pprof, prefix.decider-latency.pprof, prefix.reference-latency.pprof and prefix.restore.pprof")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of the table")
 	quick := fs.Bool("quick", false, "small sizes, for a smoke test: "+fmt.Sprint(quickFlags))
 	if err := parse(fs, args); err != nil {
@@ -387,7 +387,8 @@ func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggre
 
 // latencyRound offers s each load for --duration/--rounds, after a second
 // of warming up at the first load (a client's first requests find no
-// connection yet), and adds the runs to s.runs. A system not running is
+// connection yet), and adds the runs to s.runs. The CPU profile, if asked
+// for, covers the first round. A system not running is
 // started for the round, and stopped after it.
 func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round int) (err error) {
 	if s.stop == nil {
@@ -403,14 +404,21 @@ func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.
 	w := newWorkload(agg, s.app.Topics(agg), b.accounts, 2+uint64(round))
 	each := b.duration / time.Duration(b.rounds)
 	warm, err := measureLatency(s.waitCtx, b.kafka, w, s.next, b.loads[0], min(time.Second, each), fmt.Sprintf("w%d", round))
-	s.next += warm.Sent
+	s.next += warm.sent
 	if err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 	b.say("%s: round %d of %d", s.name, round+1, b.rounds)
+	if round == 0 {
+		stopProfile, err := b.profile(s.name + "-latency")
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
 	for i, load := range b.loads {
 		r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
-		s.next += r.Sent
+		s.next += r.sent
 		if err != nil {
 			return fmt.Errorf("latency at %d/s: %w", load, err)
 		}

@@ -240,14 +240,14 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 	defer pr.Close()
 	var failed produceErrors
 	start := time.Now()
-	for res.Sent < total && ctx.Err() == nil {
+	for res.sent < total && ctx.Err() == nil {
 		due := min(total, int(float64(rate)*time.Since(start).Seconds())+1)
-		for ; res.Sent < due; res.Sent++ {
-			r, err := w.command(first+res.Sent, prefix+strconv.Itoa(res.Sent))
+		for ; res.sent < due; res.sent++ {
+			r, err := w.command(first+res.sent, prefix+strconv.Itoa(res.sent))
 			if err != nil {
 				return res, err
 			}
-			sentAt[res.Sent].Store(time.Now().UnixNano())
+			sentAt[res.sent].Store(time.Now().UnixNano())
 			pr.Produce(ctx, r, failed.promise)
 		}
 		time.Sleep(time.Millisecond)
@@ -260,36 +260,36 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		return res, err
 	}
 	deadline := time.Now().Add(drainTimeout)
-	for replies.Load() < int64(res.Sent) && time.Now().Before(deadline) && ctx.Err() == nil {
+	for replies.Load() < int64(res.sent) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(10 * time.Millisecond) // the reader counts; nothing to wait on but the count
 	}
 	stopReader()
 	res.lats = lats
 	if len(lats) == 0 {
-		return res, fmt.Errorf("no reply to any of %d commands at %d/s within %s", res.Sent, rate, drainTimeout)
+		return res, fmt.Errorf("no reply to any of %d commands at %d/s within %s", res.sent, rate, drainTimeout)
 	}
 	return res, ctx.Err()
 }
 
 // latencyRun is what measureLatency saw of one run.
 type latencyRun struct {
-	Sent    int
+	sent    int
 	sentFor time.Duration   // from the first command handed to the producer to the last
 	lats    []time.Duration // of the commands answered, in the order read
 }
 
 // add adds the commands of r to l.
 func (l *latencyRun) add(r latencyRun) {
-	l.Sent += r.Sent
+	l.sent += r.sent
 	l.sentFor += r.sentFor
 	l.lats = append(l.lats, r.lats...)
 }
 
 // summarize returns the percentiles of the runs in l, at load per second.
 func summarize(load int, l latencyRun) latency {
-	res := latency{Offered: load, Sent: l.Sent, Replies: len(l.lats)}
+	res := latency{Offered: load, Sent: l.sent, Replies: len(l.lats)}
 	if l.sentFor > 0 {
-		res.Achieved = float64(l.Sent) / l.sentFor.Seconds()
+		res.Achieved = float64(l.sent) / l.sentFor.Seconds()
 	}
 	if len(l.lats) == 0 {
 		return res
