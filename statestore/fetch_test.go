@@ -1,0 +1,172 @@
+package statestore
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// Restore keeps exactly what kgo's read_committed consumer sees of a
+// partition: producers with each compression codec write transactions
+// that interleave in the log, committed and aborted, with tombstones, in
+// batches of one to four records; the restore reads one batch per fetch,
+// writes a chunk per record, and the partition's leader moves to another
+// broker every few chunks.
+func TestRestoreMatchesReadCommitted(t *testing.T) {
+	ctx := context.Background()
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	seeds := []kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...)}
+	codecs := []kgo.CompressionCodec{kgo.NoCompression(), kgo.GzipCompression(), kgo.SnappyCompression(), kgo.Lz4Compression(), kgo.ZstdCompression()}
+	producers := make([]*kgo.Client, len(codecs))
+	for i, codec := range codecs {
+		cl, err := kgo.NewClient(append(seeds, kgo.TransactionalID(fmt.Sprint("writer-", i)), kgo.DefaultProduceTopic(topic),
+			kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerBatchCompression(codec))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		producers[i] = cl
+	}
+	rng := rand.New(rand.NewPCG(6, 7))
+	for round := range 12 {
+		for _, p := range producers {
+			if err := p.BeginTransaction(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for n := range 20 {
+			recs := make([]*kgo.Record, 1+rng.IntN(4))
+			for i := range recs {
+				recs[i] = &kgo.Record{Key: fmt.Appendf(nil, "k%d", rng.IntN(15)), Value: fmt.Appendf(nil, "v%d.%d.%d %0100d", round, n, i, 0)}
+				if rng.IntN(8) == 0 {
+					recs[i].Value = nil
+				}
+			}
+			if err := producers[rng.IntN(len(producers))].ProduceSync(ctx, recs...).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, i := range rng.Perm(len(producers)) {
+			if err := producers[i].EndTransaction(ctx, kgo.TransactionEndTry(rng.IntN(3) > 0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want, end := readCommitted(t, seeds)
+
+	s, err := Open(t.TempDir(), &Options{RestoreBuffer: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	chunks, moves := 0, 0
+	src := Changelog{Topic: topic, Kafka: seeds, Progress: func(int) {
+		if chunks++; chunks%7 == 0 {
+			to := (c.LeaderFor(topic, 0) + 1) % 3
+			if err := c.MoveTopicPartition(topic, 0, to); err != nil {
+				t.Error(err)
+			}
+			moves++
+		}
+	}}
+	st, err := s.Restore(ctx, src, "account", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.To != end || moves == 0 {
+		t.Fatalf("restore %+v after %d leader moves: want to reach %d, with moves", st, moves, end)
+	}
+	for k := range 15 {
+		key := fmt.Sprint("k", k)
+		w, ok := want[key]
+		if !ok {
+			w = "<none>"
+		}
+		if got := get(t, s, key); got != w {
+			t.Errorf("%s = %q, want %q", key, got, w)
+		}
+	}
+}
+
+// readCommitted reads partition 0 of the topic to its end with kgo's
+// read_committed consumer and returns the last value of each key (a
+// tombstone deletes) and the end offset.
+func readCommitted(t *testing.T, seeds []kgo.Opt) (map[string]string, int64) {
+	t.Helper()
+	ctx := context.Background()
+	cl, err := kgo.NewClient(append(seeds, kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords(),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, _ := ends.Lookup(topic, 0)
+	last := map[string]string{}
+	for next := int64(0); next < end.Offset; {
+		fs := cl.PollFetches(ctx)
+		if err := fs.Err(); err != nil {
+			t.Fatal(err)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			next = r.Offset + 1
+			switch {
+			case r.Attrs.IsControl():
+			case r.Value == nil:
+				delete(last, string(r.Key))
+			default:
+				last[string(r.Key)] = string(r.Value)
+			}
+		})
+	}
+	return last, end.Offset
+}
+
+// Bytes that are not record batches (cut short, a wrong CRC, a count of
+// records the batch does not hold, a record longer than its batch) are an
+// error or are left for the next fetch, never a panic or a record made up.
+func FuzzRecordBatches(f *testing.F) {
+	b := kmsg.RecordBatch{Magic: 2, NumRecords: 2, Attributes: transactional, ProducerID: 3}
+	for i, kv := range [][2]string{{"a", "1"}, {"b", ""}} {
+		r := kmsg.Record{OffsetDelta: int32(i), Key: []byte(kv[0]), Value: []byte(kv[1])}
+		r.Length = int32(len(r.AppendTo(nil)) - 1)
+		b.Records = r.AppendTo(b.Records)
+	}
+	b.LastOffsetDelta = 1
+	raw := b.AppendTo(nil)
+	binary.BigEndian.PutUint32(raw[8:], uint32(len(raw)-12))
+	binary.BigEndian.PutUint32(raw[17:], crc32.Checksum(raw[21:], crc32c))
+	f.Add(raw, int64(0), int64(0))
+	f.Add(raw, int64(1), int64(5))
+	f.Add(raw[:len(raw)-3], int64(0), int64(1))
+	f.Fuzz(func(t *testing.T, in []byte, next, abortedFrom int64) {
+		if len(in) >= 21 && in[0]&1 == 0 { // mostly one batch with its length and CRC right, to reach the records
+			binary.BigEndian.PutUint32(in[8:], uint32(len(in)-12))
+			binary.BigEndian.PutUint32(in[17:], crc32.Checksum(in[21:], crc32c))
+		}
+		r := &partitionReader{next: next, decomp: kgo.DefaultDecompressor()}
+		rp := &kmsg.FetchResponseTopicPartition{RecordBatches: in,
+			AbortedTransactions: []kmsg.FetchResponseTopicPartitionAbortedTransaction{{ProducerID: 3, FirstOffset: abortedFrom}}}
+		_ = r.batches(rp, func(offset int64, key, value []byte) error {
+			if offset < next {
+				t.Fatalf("record at %d handed on, before the next offset %d", offset, next)
+			}
+			return nil
+		})
+	})
+}
