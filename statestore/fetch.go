@@ -35,6 +35,10 @@ type partitionReader struct {
 	id     [16]byte // the topic's ID, for Fetch v13+
 	leader int32    // -1: look it up
 	decomp kgo.Decompressor
+
+	// reserve, if set, is told how many records a response's batches
+	// hold before any of them is handed on.
+	reserve func(records int)
 }
 
 // Bounds of a reader's retries of a failing fetch.
@@ -166,6 +170,9 @@ const (
 func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each func(offset int64, key, value []byte) error) error {
 	aborted := abortedTxnsOf(rp.AbortedTransactions)
 	in := rp.RecordBatches
+	if r.reserve != nil {
+		r.reserve(recordsIn(in))
+	}
 	for len(in) >= 17 {
 		length := int64(int32(binary.BigEndian.Uint32(in[8:12]))) + 12
 		if length < 17 || int64(len(in)) < length {
@@ -193,6 +200,21 @@ func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each fun
 		r.next = end
 	}
 	return nil
+}
+
+// recordsIn adds up the record counts in the headers of the batches in
+// in, which are not checked yet.
+func recordsIn(in []byte) int {
+	n := 0
+	for len(in) >= 61 {
+		length := int64(int32(binary.BigEndian.Uint32(in[8:12]))) + 12
+		if length < 61 || int64(len(in)) < length {
+			break
+		}
+		n += max(0, int(int32(binary.BigEndian.Uint32(in[57:61]))))
+		in = in[length:]
+	}
+	return n
 }
 
 // batch hands each the records of one batch at or after the next offset,

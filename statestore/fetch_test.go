@@ -170,3 +170,19 @@ func FuzzRecordBatches(f *testing.F) {
 		})
 	})
 }
+
+// A restore makes room for a fetch's records at once, but never for more
+// than its buffer holds: the counts come from batch headers not yet
+// checked.
+func TestRestoreChunkReserveIsBounded(t *testing.T) {
+	var c restoreChunk
+	c.reserve("account", 1<<30, 1000)
+	if cap(c.entries) < 1000 || cap(c.entries) > 2000 || cap(c.keys) > 2000*64 {
+		t.Fatalf("reserved %d entries and %d key bytes for a bound of 1000", cap(c.entries), cap(c.keys))
+	}
+	c.add("account", 0, []byte("a"), nil)
+	c.reserve("account", 1<<30, 1000)
+	if cap(c.entries) > 2000 {
+		t.Fatalf("reserved %d entries again", cap(c.entries))
+	}
+}
