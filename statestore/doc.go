@@ -17,7 +17,10 @@
 //     state and restores it fully; it never continues from a silently
 //     partial store. It writes what it reads in chunks, each sorted into a
 //     table that Pebble ingests atomically with the partition's checkpoint
-//     (no memtable, WAL, flush or compaction of a fresh store's data).
+//     (no memtable, WAL, flush or compaction of a fresh store's data). It
+//     reads with Fetch requests of its own and takes keys and values as
+//     slices of the fetched batches (no client record per snapshot),
+//     filtering aborted transactions as a read_committed consumer does.
 //
 // The package knows nothing of consumer groups: it reads one changelog
 // partition with a plain client.

@@ -166,10 +166,11 @@ const (
 
 // batches hands each the committed records of a partition's fetched
 // record batches. A batch cut short at the end of the response (a broker
-// fills up to the byte limit) is left for the next fetch.
+// fills up to the byte limit) is left for the next fetch; a response that
+// moves the next offset nowhere is an error, not a loop.
 func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each func(offset int64, key, value []byte) error) error {
 	aborted := abortedTxnsOf(rp.AbortedTransactions)
-	in := rp.RecordBatches
+	in, from := rp.RecordBatches, r.next
 	if r.reserve != nil {
 		r.reserve(recordsIn(in))
 	}
@@ -198,6 +199,11 @@ func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each fun
 			return fmt.Errorf("batch at %d: %w", b.FirstOffset, err)
 		}
 		r.next = end
+	}
+	if r.next == from && len(rp.RecordBatches) > 0 {
+		// A broker returns the batch at the offset asked for whole,
+		// whatever the byte bound: fetching again would get the same.
+		return fmt.Errorf("fetch at %d: %d bytes and no whole batch past it", from, len(rp.RecordBatches))
 	}
 	return nil
 }

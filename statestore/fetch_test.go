@@ -141,16 +141,7 @@ func readCommitted(t *testing.T, seeds []kgo.Opt) (map[string]string, int64) {
 // records the batch does not hold, a record longer than its batch) are an
 // error or are left for the next fetch, never a panic or a record made up.
 func FuzzRecordBatches(f *testing.F) {
-	b := kmsg.RecordBatch{Magic: 2, NumRecords: 2, Attributes: transactional, ProducerID: 3}
-	for i, kv := range [][2]string{{"a", "1"}, {"b", ""}} {
-		r := kmsg.Record{OffsetDelta: int32(i), Key: []byte(kv[0]), Value: []byte(kv[1])}
-		r.Length = int32(len(r.AppendTo(nil)) - 1)
-		b.Records = r.AppendTo(b.Records)
-	}
-	b.LastOffsetDelta = 1
-	raw := b.AppendTo(nil)
-	binary.BigEndian.PutUint32(raw[8:], uint32(len(raw)-12))
-	binary.BigEndian.PutUint32(raw[17:], crc32.Checksum(raw[21:], crc32c))
+	raw := testBatch()
 	f.Add(raw, int64(0), int64(0))
 	f.Add(raw, int64(1), int64(5))
 	f.Add(raw[:len(raw)-3], int64(0), int64(1))
@@ -169,6 +160,38 @@ func FuzzRecordBatches(f *testing.F) {
 			return nil
 		})
 	})
+}
+
+// testBatch is a record batch of producer 3 at offset 0, transactional:
+// a=1 and a tombstone of b.
+func testBatch() []byte {
+	b := kmsg.RecordBatch{Magic: 2, NumRecords: 2, Attributes: transactional, ProducerID: 3, LastOffsetDelta: 1}
+	for _, r := range []kmsg.Record{{Key: []byte("a"), Value: []byte("1")}, {OffsetDelta: 1, Key: []byte("b")}} {
+		r.Length = int32(len(r.AppendTo(nil)) - 1)
+		b.Records = r.AppendTo(b.Records)
+	}
+	raw := b.AppendTo(nil)
+	binary.BigEndian.PutUint32(raw[8:], uint32(len(raw)-12))
+	binary.BigEndian.PutUint32(raw[17:], crc32.Checksum(raw[21:], crc32c))
+	return raw
+}
+
+// A response whose first batch is cut short moves the reader nowhere: an
+// error, not a fetch of the same again and again. A whole batch is read.
+func TestRecordBatchesProgress(t *testing.T) {
+	raw := testBatch()
+	r := &partitionReader{decomp: kgo.DefaultDecompressor()}
+	if err := r.batches(&kmsg.FetchResponseTopicPartition{RecordBatches: raw[:len(raw)-1]}, nil); err == nil {
+		t.Fatal("a batch cut short was not an error")
+	}
+	var got []string
+	err := r.batches(&kmsg.FetchResponseTopicPartition{RecordBatches: raw}, func(offset int64, key, value []byte) error {
+		got = append(got, fmt.Sprintf("%d:%s=%v", offset, key, value))
+		return nil
+	})
+	if want := []string{"0:a=[49]", "1:b=[]"}; err != nil || fmt.Sprint(got) != fmt.Sprint(want) || r.next != 2 {
+		t.Fatalf("read %v, next %d, %v; want %v, next 2", got, r.next, err, want)
+	}
 }
 
 // A restore makes room for a fetch's records at once, but never for more
