@@ -56,9 +56,9 @@ func newPartitionReader(cl *kgo.Client, topic string, p int32, from int64, maxBy
 // committed record it returns (value nil for a tombstone), in offset
 // order; it moves the next offset past what it read. A fetch may return
 // nothing (a transaction open below the high watermark); read then returns
-// after the broker's wait. Errors a broker may clear by itself (a leader
-// moving) are retried a few times with the leader looked up again; an
-// offset out of range is an error, never a reset.
+// after the broker's wait. Errors that may clear by themselves (a leader
+// moving or gone) are retried a few times with the leader looked up
+// again; an offset out of range is an error, never a reset.
 func (r *partitionReader) read(ctx context.Context, each func(offset int64, key, value []byte) error) error {
 	var err error
 	for attempt := range fetchRetries {
@@ -73,7 +73,11 @@ func (r *partitionReader) read(ctx context.Context, each func(offset int64, key,
 		if rp, err = r.fetch(ctx); err == nil {
 			return r.batches(rp, each)
 		}
-		if ctx.Err() != nil || !kerr.IsRetriable(err) {
+		// Kafka's answers say whether to try again; a connection that
+		// failed (a leader gone) is tried again at the leader looked up
+		// anew.
+		var ke *kerr.Error
+		if ctx.Err() != nil || errors.As(err, &ke) && !ke.Retriable {
 			return err
 		}
 		r.leader = -1
