@@ -1,6 +1,7 @@
 package statestore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -191,13 +192,21 @@ func readCommitted(t *testing.T, seeds []kgo.Opt) ([]readRecord, int64) {
 	return records, end.Offset
 }
 
-// testBatch is a record batch of producer 3 at offset 0, transactional:
-// a=1 and a tombstone of b.
-func testBatch() []byte {
-	b := kmsg.RecordBatch{Magic: 2, NumRecords: 2, Attributes: transactional, ProducerID: 3, LastOffsetDelta: 1}
-	for _, r := range []kmsg.Record{{Key: []byte("a"), Value: []byte("1")}, {OffsetDelta: 1, Key: []byte("b")}} {
+// testBatch is a record batch of producer 3 at offset first with attrs,
+// holding records (their lengths and the batch's length and CRC filled
+// in), compressed with snappy if compress.
+func testBatch(first int64, attrs int16, compress bool, records ...kmsg.Record) []byte {
+	b := kmsg.RecordBatch{FirstOffset: first, Magic: 2, NumRecords: int32(len(records)), Attributes: attrs,
+		ProducerID: 3, LastOffsetDelta: int32(len(records) - 1)}
+	for _, r := range records {
 		r.Length = int32(len(r.AppendTo(nil)) - 1)
 		b.Records = r.AppendTo(b.Records)
+	}
+	if compress {
+		c, _ := kgo.DefaultCompressor(kgo.SnappyCompression())
+		var codec kgo.CompressionCodecType
+		b.Records, codec = c.Compress(new(bytes.Buffer), b.Records)
+		b.Attributes |= int16(codec)
 	}
 	raw := b.AppendTo(nil)
 	binary.BigEndian.PutUint32(raw[8:], uint32(len(raw)-12))
@@ -205,10 +214,47 @@ func testBatch() []byte {
 	return raw
 }
 
+// aOneBTombstone is a transactional batch at 0: a=1 and a tombstone of b.
+func aOneBTombstone() []byte {
+	return testBatch(0, transactional, false, kmsg.Record{Key: []byte("a"), Value: []byte("1")}, kmsg.Record{OffsetDelta: 1, Key: []byte("b")})
+}
+
+// Bytes that are not record batches (cut short, a wrong CRC, a count of
+// records the batch does not hold, a record longer than its batch) are an
+// error or are left for the next fetch, never a panic or a record made up.
+func FuzzRecordBatches(f *testing.F) {
+	raw := aOneBTombstone()
+	f.Add(raw, int64(0), int64(0))
+	f.Add(raw, int64(1), int64(5))
+	f.Add(raw[:len(raw)-3], int64(0), int64(1))
+	// Committed a=1, b deleted; an aborted c=1 and its abort marker; a
+	// compressed d.
+	log := slices.Concat(raw,
+		testBatch(2, transactional, false, kmsg.Record{Key: []byte("c"), Value: []byte("1")}),
+		testBatch(3, transactional|control, false, kmsg.Record{Key: []byte{0, 0, 0, 0}, Value: []byte{0, 0, 0, 0, 0, 0}}),
+		testBatch(4, 0, true, kmsg.Record{Key: []byte("d"), Value: bytes.Repeat([]byte("1"), 64)}))
+	f.Add(log, int64(0), int64(2))
+	f.Fuzz(func(t *testing.T, in []byte, next, abortedFrom int64) {
+		if len(in) >= 21 && in[0]&1 == 0 { // mostly one batch with its length and CRC right, to reach the records
+			binary.BigEndian.PutUint32(in[8:], uint32(len(in)-12))
+			binary.BigEndian.PutUint32(in[17:], crc32.Checksum(in[21:], crc32c))
+		}
+		r := &partitionReader{next: next, decomp: kgo.DefaultDecompressor()}
+		rp := &kmsg.FetchResponseTopicPartition{RecordBatches: in,
+			AbortedTransactions: []kmsg.FetchResponseTopicPartitionAbortedTransaction{{ProducerID: 3, FirstOffset: abortedFrom}}}
+		_ = r.batches(rp, func(offset int64, key, value []byte) error {
+			if offset < next {
+				t.Fatalf("record at %d handed on, before the next offset %d", offset, next)
+			}
+			return nil
+		})
+	})
+}
+
 // A response whose first batch is cut short moves the reader nowhere: an
 // error, not a fetch of the same again and again. A whole batch is read.
 func TestRecordBatchesProgress(t *testing.T) {
-	raw := testBatch()
+	raw := aOneBTombstone()
 	r := &partitionReader{decomp: kgo.DefaultDecompressor()}
 	if err := r.batches(&kmsg.FetchResponseTopicPartition{RecordBatches: raw[:len(raw)-1]}, nil); err == nil {
 		t.Fatal("a batch cut short was not an error")
