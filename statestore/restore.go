@@ -25,7 +25,8 @@ import (
 type Changelog struct {
 	Topic string
 	// Kafka are the client options to connect with (seed brokers, TLS,
-	// SASL); Restore adds its own consuming options.
+	// SASL); Restore sends its own Fetch requests through a client made
+	// with them.
 	Kafka []kgo.Opt
 	// Progress, if set, is called after each batch of restored records is
 	// written with its checkpoint, with the records restored so far.
