@@ -67,7 +67,7 @@ Examples:
 
 // quickFlags are --quick's sizes, for the flags not given otherwise.
 var quickFlags = map[string]string{
-	"partitions": "4", "accounts": "300", "loads": "1000,10000",
+	"partitions": "4", "accounts": "300", "commands": "900", "loads": "1000,10000",
 	"duration": "500ms", "restore-aggregates": "2000",
 }
 
@@ -96,7 +96,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	brokers := fs.String("brokers", "", "seed brokers of a cluster to measure on (default: start a broker, see --broker)")
 	brokerKind := fs.String("broker", "process", `broker to start without --brokers: "process" (a decider broker child process) or "embedded" (in this process)`)
 	partitions := fs.Int("partitions", int(topology.DefaultPartitions), "partitions of the commands topics")
-	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run (default 3 × --accounts: an open and two deposits or withdrawals per account)")
+	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run: the first --accounts open them, the others are deposits and withdrawals (default 1500000, or --accounts if more: the reference loop gets faster for the first million or so, and a shorter run compares decider with its warm-up)")
 	accts := fs.Int("accounts", 100000, "accounts the commands go to (the first --accounts commands open them)")
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
 	duration := fs.Duration("duration", 10*time.Second, "time each system is offered each load, over all rounds")
@@ -130,7 +130,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 		b.loads = append(b.loads, n)
 	}
 	if b.commands == 0 {
-		b.commands = 3 * b.accounts
+		b.commands = max(1_500_000, b.accounts)
 	}
 	switch {
 	case b.partitions <= 0 || b.commands <= 0 || b.accounts <= 0 || b.restoreN <= 0:
