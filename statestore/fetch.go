@@ -178,13 +178,12 @@ func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each fun
 	if r.reserve != nil {
 		r.reserve(recordsIn(in))
 	}
-	for len(in) >= 17 {
-		length := int64(int32(binary.BigEndian.Uint32(in[8:12]))) + 12
-		if length < 17 || int64(len(in)) < length {
+	for {
+		raw, rest := nextBatch(in)
+		if raw == nil {
 			break
 		}
-		raw := in[:length]
-		in = in[length:]
+		in = rest
 		if magic := raw[16]; magic != 2 {
 			return fmt.Errorf("batch at %d: unknown magic %d", int64(binary.BigEndian.Uint64(raw)), magic)
 		}
@@ -212,17 +211,25 @@ func (r *partitionReader) batches(rp *kmsg.FetchResponseTopicPartition, each fun
 	return nil
 }
 
+// nextBatch returns the first whole batch in in (nil if there is none: in
+// ends or is cut short) and the bytes after it; it checks only the length.
+func nextBatch(in []byte) (batch, rest []byte) {
+	if len(in) < 61 { // a v2 batch header
+		return nil, nil
+	}
+	length := int64(int32(binary.BigEndian.Uint32(in[8:12]))) + 12
+	if length < 61 || int64(len(in)) < length {
+		return nil, nil
+	}
+	return in[:length], in[length:]
+}
+
 // recordsIn adds up the record counts in the headers of the batches in
 // in, which are not checked yet.
 func recordsIn(in []byte) int {
 	n := 0
-	for len(in) >= 61 {
-		length := int64(int32(binary.BigEndian.Uint32(in[8:12]))) + 12
-		if length < 61 || int64(len(in)) < length {
-			break
-		}
-		n += max(0, int(int32(binary.BigEndian.Uint32(in[57:61]))))
-		in = in[length:]
+	for raw, rest := nextBatch(in); raw != nil; raw, rest = nextBatch(rest) {
+		n += max(0, int(int32(binary.BigEndian.Uint32(raw[57:61]))))
 	}
 	return n
 }

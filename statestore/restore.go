@@ -45,9 +45,9 @@ type RestoreStats struct {
 // partition (read_committed) from the stored checkpoint to the high
 // watermark, and writes every snapshot it finds, with the checkpoint after
 // them, in chunks of Options.RestoreBuffer bytes. It reads with Fetch
-// requests of its own (partitionReader: no kgo.Record per snapshot) and
-// fetches at most RestoreBuffer (up to 64 MiB) at a time. Each chunk is sorted and
-// written as a table that Pebble ingests atomically and durably, checkpoint
+// requests of its own (partitionReader: no kgo.Record per snapshot) of at
+// most RestoreBuffer (up to 64 MiB) each. Each chunk is sorted and written
+// as a table that Pebble ingests atomically and durably, checkpoint
 // included: a crash in the middle of a long restore keeps every chunk
 // before it, and a snapshot never reaches the store without its checkpoint.
 //
@@ -122,8 +122,8 @@ func (s *Store) Restore(ctx context.Context, src Changelog, typ string, p int32)
 
 // restoreChunk is the snapshots a restore holds before writing them: their
 // keys one after another in keys, so that a snapshot costs no allocation of
-// its own. Both slices grow by what a fetch holds (reserve), else by
-// doubling, and keep their room for the next chunk.
+// its own. Both slices grow by what a fetch holds (reserve) and keep their
+// room for the next chunk.
 type restoreChunk struct {
 	keys    []byte
 	entries []restored
@@ -149,7 +149,7 @@ func (c *restoreChunk) reserve(typ string, n, most int) {
 	if n = min(n, most-len(c.entries)); n <= 0 {
 		return
 	}
-	per := len(typ) + 6 + 16
+	per := prefixLen(typ) + 16
 	if k := len(c.entries); k > 0 {
 		per = len(c.key(c.entries[k-1]))
 	}
@@ -158,12 +158,6 @@ func (c *restoreChunk) reserve(typ string, n, most int) {
 }
 
 func (c *restoreChunk) add(typ string, p int32, id, value []byte) {
-	if len(c.entries) == cap(c.entries) {
-		c.entries = slices.Grow(c.entries, max(256, cap(c.entries)))
-	}
-	if n := len(typ) + 6 + len(id); cap(c.keys)-len(c.keys) < n {
-		c.keys = slices.Grow(c.keys, max(n, cap(c.keys)))
-	}
 	var head [8]byte
 	copy(head[:], id)
 	start := len(c.keys)

@@ -121,8 +121,11 @@ func (s *Store) Close() error {
 // Key layout: 's' type 0x00 partition(4, big endian) id → snapshot record
 // value; 'c' type 0x00 partition(4) → checkpoint (8, big endian).
 func partitionPrefix(kind byte, typ string, p int32) []byte {
-	return appendPartitionPrefix(make([]byte, 0, len(typ)+6+16), kind, typ, p)
+	return appendPartitionPrefix(make([]byte, 0, prefixLen(typ)+16), kind, typ, p)
 }
+
+// prefixLen is the length of a partition prefix of typ.
+func prefixLen(typ string) int { return len(typ) + 6 }
 
 func appendPartitionPrefix(k []byte, kind byte, typ string, p int32) []byte {
 	k = append(k, kind)
