@@ -174,7 +174,7 @@ type partBatch struct {
 	next    atomic.Int64 // changelog offset after this batch's last snapshot
 	tally   tally        // for the metrics, once committed
 	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
-	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written
+	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena       // the records and bytes produced
 	cmd     command      // the command being handled
 }
@@ -221,7 +221,7 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 }
 
 func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
-	snap, bodies, err := agg.Schemas().ReadSnapshot(v)
+	snap, replies, bodies, err := agg.Schemas().ReadSnapshot(v)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -229,7 +229,7 @@ func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("snapshot state: %w", err)
 	}
-	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(bodies)}, nil
+	return &aggState{state: state, stateBytes: snap.State, version: snap.Version, commandOffset: snap.CommandOffset, recent: recentOf(replies, bodies)}, nil
 }
 
 // handle decides one command and produces its outputs. An error aborts the
@@ -323,9 +323,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 // envelope and a full dedupe window of replies.
 const snapshotOverhead = 64 << 10
 
-// snapshotEnvelope is room enough for a snapshot's framing, varints and
-// counts, beyond its id, state and replies.
-const snapshotEnvelope = 64
+// snapshotEnvelope is room enough for a snapshot's framing, its six
+// varints and the end of its array, beyond its id, state and replies.
+const snapshotEnvelope = schemas.FramingSize + 6*binary.MaxVarintLen64 + 1
 
 // decision is what Decide, Evolve and the encoders made of one command.
 type decision struct {
@@ -403,12 +403,13 @@ func (pb *partBatch) writeSnapshots() error {
 			withBytes.stateBytes = enc
 			s = &withBytes
 		}
-		pb.bodies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
+		var replies int
+		pb.bodies, replies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
 		size := snapshotEnvelope + len(id) + len(s.stateBytes)
-		for _, body := range pb.bodies {
-			size += len(body) + binary.MaxVarintLen64
+		for _, b := range pb.bodies {
+			size += len(b)
 		}
-		v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, pb.bodies)
+		v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, replies, pb.bodies)
 		pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
 		r := pb.ar.record()
 		r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v

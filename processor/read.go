@@ -116,7 +116,7 @@ func (w *Worker) readStored(agg *topology.Aggregate, p int32, id string) (Aggreg
 	if err != nil {
 		return got, err
 	}
-	snap, _, err := agg.Schemas().ReadSnapshot(v)
+	snap, _, _, err := agg.Schemas().ReadSnapshot(v)
 	if err != nil {
 		return got, fmt.Errorf("read %s %s: snapshot: %w", agg.Name(), id, err)
 	}

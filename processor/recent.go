@@ -6,13 +6,27 @@ import "github.com/deciderhq/decider/schemas"
 // as an immutable list that states share. Adding a reply makes one node
 // instead of copying the window; a list grown to twice the window's size
 // is cut back to it, so each add costs O(1) amortised and the memory held
-// is bounded. A node keeps its reply only as the Avro body it was encoded
-// to once: snapshots are written from the bodies, a command id is compared
-// within its body, and the reply is decoded only when a duplicate is found.
+// is bounded.
+//
+// Replies are kept as the Avro bodies they were encoded to once: snapshots
+// are written from the bodies, a command id is compared within its body,
+// and a reply is decoded only when a duplicate is found. The oldest node of
+// a window read from a snapshot holds all of that snapshot's replies, as
+// the bytes it read them from (oldest first, one after another): a window
+// loaded is one node and no copy, and written again as one append.
 type recent struct {
-	body  []byte // a reply's Avro body as encoded for the reply record
-	older *recent
-	n     int // nodes in this list, this one included
+	bodies []byte // the bodies of count replies, oldest first
+	count  int
+	older  *recent
+	n      int // replies in this list, this node's included
+}
+
+// recentOf makes the window of a snapshot's n replies, encoded as bodies.
+func recentOf(n int, bodies []byte) *recent {
+	if n == 0 {
+		return nil
+	}
+	return &recent{bodies: bodies, count: n, n: n}
 }
 
 // add returns the window with the reply encoded as body added, keeping at
@@ -24,7 +38,7 @@ func (l *recent) add(body []byte, size int) *recent {
 	if l.len() >= 2*size {
 		l = l.cut(size - 1)
 	}
-	return &recent{body: body, older: l, n: l.len() + 1}
+	return &recent{bodies: body, count: 1, older: l, n: l.len() + 1}
 }
 
 func (l *recent) len() int {
@@ -34,45 +48,54 @@ func (l *recent) len() int {
 	return l.n
 }
 
+// newest returns the bodies of l's node's newest k replies, k <= count.
+func (l *recent) newest(k int) []byte {
+	b := l.bodies
+	for range l.count - k {
+		_, b, _ = schemas.NextReply(b) // well formed: ReadSnapshot checked them, or they were encoded here
+	}
+	return b
+}
+
 // cut returns a fresh list of the newest n replies of l.
 func (l *recent) cut(n int) *recent {
 	if n <= 0 || l == nil {
 		return nil
 	}
-	older := l.older.cut(n - 1)
-	return &recent{body: l.body, older: older, n: older.len() + 1}
+	if l.count >= n {
+		return &recent{bodies: l.newest(n), count: n, n: n}
+	}
+	older := l.older.cut(n - l.count)
+	return &recent{bodies: l.bodies, count: l.count, older: older, n: older.len() + l.count}
 }
 
 // find returns the body of the reply to commandID among the newest size.
 func (l *recent) find(commandID string, size int) ([]byte, bool) {
-	for ; l != nil && size > 0; l, size = l.older, size-1 {
-		if string(schemas.ReplyCommandID(l.body)) == commandID {
-			return l.body, true
+	for ; l != nil && size > 0; l, size = l.older, size-l.count {
+		for b := l.newest(min(size, l.count)); len(b) > 0; {
+			body, rest, ok := schemas.NextReply(b)
+			if !ok {
+				break
+			}
+			if string(schemas.ReplyCommandID(body)) == commandID {
+				return body, true
+			}
+			b = rest
 		}
 	}
 	return nil, false
 }
 
-// appendBodies appends the encoded newest size replies to out, oldest
-// first: the order of decider.Snapshot's recent.
-func (l *recent) appendBodies(out [][]byte, size int) [][]byte {
+// appendBodies appends the bodies of the newest size replies to out,
+// oldest first, as AppendSnapshot takes them, and returns how many replies
+// they hold.
+func (l *recent) appendBodies(out [][]byte, size int) ([][]byte, int) {
 	if l == nil || size <= 0 {
-		return out
+		return out, 0
 	}
-	return append(l.older.appendBodies(out, size-1), l.body)
-}
-
-// recentOf makes the window of a snapshot's reply bodies, oldest first, in
-// one allocation.
-func recentOf(bodies [][]byte) *recent {
-	if len(bodies) == 0 {
-		return nil
+	if l.count >= size {
+		return append(out, l.newest(size)), size
 	}
-	nodes := make([]recent, len(bodies))
-	var l *recent
-	for i, b := range bodies {
-		nodes[i] = recent{body: b, older: l, n: i + 1}
-		l = &nodes[i]
-	}
-	return l
+	out, n := l.older.appendBodies(out, size-l.count)
+	return append(out, l.bodies), n + l.count
 }

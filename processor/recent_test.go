@@ -8,7 +8,8 @@ import (
 )
 
 // The dedupe window keeps exactly the newest size replies, in order, and
-// holds at most twice that many nodes.
+// holds at most twice that many, whether it was built by adds or loaded
+// from a snapshot.
 func TestRecentWindow(t *testing.T) {
 	const size = 32
 	r := schemas.NewRegistry()
@@ -26,22 +27,73 @@ func TestRecentWindow(t *testing.T) {
 			t.Fatalf("after %d adds the list holds %d nodes, want at most %d", i+1, l.len(), 2*size)
 		}
 	}
-	got := l.appendBodies(nil, size)
-	if len(got) != size || string(schemas.ReplyCommandID(got[0])) != "68" || string(schemas.ReplyCommandID(got[size-1])) != "99" {
-		t.Fatalf("window = %d replies from %q to %q, want 68..99", len(got), schemas.ReplyCommandID(got[0]), schemas.ReplyCommandID(got[len(got)-1]))
+	pieces, n := l.appendBodies(nil, size)
+	got := splitBodies(t, pieces)
+	if n != size || len(got) != size || string(schemas.ReplyCommandID(got[0])) != "68" || string(schemas.ReplyCommandID(got[size-1])) != "99" {
+		t.Fatalf("window = %d (%d) replies from %q to %q, want 68..99", n, len(got), schemas.ReplyCommandID(got[0]), schemas.ReplyCommandID(got[len(got)-1]))
 	}
-	if b, ok := l.find("68", size); !ok {
-		t.Error("the oldest reply of the window is not found")
-	} else if rep, err := schemas.ReadReply(b); err != nil || rep.Version != 68 {
-		t.Errorf("the reply found reads %+v, %v", rep, err)
+	checkFind := func(l *recent) {
+		t.Helper()
+		if b, ok := l.find("68", size); !ok {
+			t.Error("the oldest reply of the window is not found")
+		} else if rep, err := schemas.ReadReply(b); err != nil || rep.Version != 68 {
+			t.Errorf("the reply found reads %+v, %v", rep, err)
+		}
+		if b, ok := l.find("99", size); !ok || string(schemas.ReplyCommandID(b)) != "99" {
+			t.Error("the newest reply of the window is not found")
+		}
+		if _, ok := l.find("67", size); ok {
+			t.Error("a reply older than the window is found")
+		}
 	}
-	if _, ok := l.find("67", size); ok {
-		t.Error("a reply older than the window is found")
+	checkFind(l)
+
+	// A window loaded from a snapshot is one node of all its replies; adds
+	// go before it, and a cut keeps the newest of its replies.
+	var whole []byte
+	for _, b := range got {
+		whole = append(whole, b...)
 	}
-	if again := recentOf(got); again.len() != size || string(again.body) != string(got[size-1]) || again.older.older.len() != size-2 {
-		t.Errorf("recentOf(window) = %d nodes", again.len())
+	loaded := recentOf(size, whole)
+	checkFind(loaded)
+	if loaded.len() != size || loaded.older != nil {
+		t.Errorf("recentOf(window) = %d replies, older %v", loaded.len(), loaded.older)
+	}
+	for i := 100; i < 100+size+10; i++ {
+		loaded = loaded.add(body(i), size)
+		if loaded.len() > 2*size {
+			t.Fatalf("after %d adds the list holds %d replies, want at most %d", i-99, loaded.len(), 2*size)
+		}
+	}
+	pieces, n = loaded.appendBodies(nil, size)
+	got = splitBodies(t, pieces)
+	if n != size || len(got) != size || string(schemas.ReplyCommandID(got[0])) != "110" || string(schemas.ReplyCommandID(got[size-1])) != "141" {
+		t.Fatalf("window after adds = %d (%d) replies from %q to %q, want 110..141", n, len(got), schemas.ReplyCommandID(got[0]), schemas.ReplyCommandID(got[len(got)-1]))
+	}
+	if _, ok := loaded.find("109", size); ok {
+		t.Error("a reply cut from a loaded window is found")
+	}
+	if _, ok := loaded.find("110", size); !ok {
+		t.Error("the oldest reply of a window grown from a loaded one is not found")
 	}
 	if l.add(body(0), 0) != nil {
 		t.Error("a window of size 0 keeps a reply")
 	}
+}
+
+// splitBodies splits a window's bodies, in pieces, into its replies.
+func splitBodies(t *testing.T, pieces [][]byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for _, p := range pieces {
+		for len(p) > 0 {
+			b, rest, ok := schemas.NextReply(p)
+			if !ok {
+				t.Fatalf("a malformed reply in the window: % x", p)
+			}
+			out = append(out, b)
+			p = rest
+		}
+	}
+	return out
 }

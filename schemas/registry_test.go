@@ -134,8 +134,13 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Errorf("ReadSnapshot: body of reply %d is % x, encoded alone % x", i, bodies[i], enc[FramingSize:])
 			}
 		}
-		if fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, bodies); !bytes.Equal(fast, data) {
+		if fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, len(bodies), bodies); !bytes.Equal(fast, data) {
 			t.Errorf("AppendSnapshot(%s) wrote %d bytes, Encode %d; they differ from byte %d", want.AggregateID, len(fast), len(data), firstDiff(fast, data))
+		}
+		// And from the bodies in one piece, as ReadSnapshot returns them.
+		_, n, whole, _ := r.ReadSnapshot(data)
+		if fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, n, [][]byte{whole}); !bytes.Equal(fast, data) {
+			t.Errorf("AppendSnapshot(%s) of ReadSnapshot's bodies differs from Encode from byte %d", want.AggregateID, firstDiff(fast, data))
 		}
 	}
 	// A nil Recent is written as an empty array and read back as one.
@@ -149,6 +154,24 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}
 	if s := got.(Snapshot); s.AggregateID != "acc-4" || len(s.Recent) != 0 || len(s.State) != 0 {
 		t.Errorf("nil Recent round trip = %+v", s)
+	}
+	// A window in two Avro blocks (one with its size, one without, both
+	// allowed by the spec) reads as the same replies, in one piece.
+	one, two := recent[0], recent[1]
+	_, oneEnc, _ := r.Encode(one)
+	_, twoEnc, _ := r.Encode(two)
+	// Block 1 as AppendSnapshot writes it, its end dropped; block 2 with
+	// a count of 1 (zigzag 2) and no size; then the end.
+	blocks := r.AppendSnapshot(nil, "acc-5", 2, 7, nil, 1, [][]byte{oneEnc[FramingSize:]})
+	blocks = append(blocks[:len(blocks)-1], 2)
+	blocks = append(append(blocks, twoEnc[FramingSize:]...), 0)
+	want, err := r.Decode(SnapshotName, blocks)
+	if err != nil {
+		t.Fatalf("Decode(two blocks): %v", err)
+	}
+	fast, bodies, err := readSnapshotWhole(r, blocks)
+	if err != nil || !reflect.DeepEqual(fast, want) || len(bodies) != 2 || fast.Recent[1] != two {
+		t.Errorf("ReadSnapshot(two blocks) = %+v, %d bodies, %v; Decode = %+v", fast, len(bodies), err, want)
 	}
 }
 
@@ -644,7 +667,7 @@ func FuzzDecode(f *testing.F) {
 	// A window reply whose events (an int) is a 41-bit number: both
 	// readers must refuse it.
 	big := binary.AppendVarint([]byte{2, 'c', 2, 'a', 0, 0, 0}, 1<<40)
-	f.Add(r.AppendSnapshot(nil, "a", 1, 0, nil, [][]byte{big}))
+	f.Add(r.AppendSnapshot(nil, "a", 1, 0, nil, 1, [][]byte{big}))
 	// A status (an enum: an Avro int) written in six bytes, which hamba
 	// refuses, and in five with bits past the 32nd, which it drops.
 	f.Add(append(reply[:FramingSize:FramingSize], 2, 'c', 2, 'a', 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0, 0, 0))
@@ -737,7 +760,7 @@ func TestMinBlockCount(t *testing.T) {
 		data = append(data, 2, 'c', 2, 'a', 0, 0, 0, 0)
 	}
 	data = append(binary.AppendVarint(data, 2), 0)
-	if _, _, err := r.ReadSnapshot(data); !errors.Is(err, ErrBody) {
+	if _, _, _, err := r.ReadSnapshot(data); !errors.Is(err, ErrBody) {
 		t.Errorf("ReadSnapshot(block count MinInt64) = %v, want ErrBody", err)
 	}
 	if v, err := r.Decode(SnapshotName, data); !errors.Is(err, ErrBody) {
@@ -748,9 +771,10 @@ func TestMinBlockCount(t *testing.T) {
 	}
 }
 
-// readSnapshotWhole is ReadSnapshot with its replies decoded by ReadReply.
+// readSnapshotWhole is ReadSnapshot with its replies split by NextReply
+// and decoded by ReadReply.
 func readSnapshotWhole(r *Registry, data []byte) (Snapshot, [][]byte, error) {
-	s, bodies, err := r.ReadSnapshot(data)
+	s, n, all, err := r.ReadSnapshot(data)
 	if err != nil {
 		return s, nil, err
 	}
@@ -758,7 +782,12 @@ func readSnapshotWhole(r *Registry, data []byte) (Snapshot, [][]byte, error) {
 		return s, nil, fmt.Errorf("ReadSnapshot decoded %d replies", len(s.Recent))
 	}
 	s.Recent = []Reply{}
-	for _, b := range bodies {
+	var bodies [][]byte
+	for rest := all; len(rest) > 0; {
+		b, next, ok := NextReply(rest)
+		if !ok {
+			return s, nil, fmt.Errorf("NextReply refused reply %d of bodies ReadSnapshot accepted", len(bodies))
+		}
 		rep, err := ReadReply(b)
 		if err != nil {
 			return s, nil, fmt.Errorf("a body ReadSnapshot accepted: %w", err)
@@ -767,6 +796,11 @@ func readSnapshotWhole(r *Registry, data []byte) (Snapshot, [][]byte, error) {
 			return s, nil, fmt.Errorf("ReplyCommandID = %q, ReadReply's = %q", ReplyCommandID(b), rep.CommandID)
 		}
 		s.Recent = append(s.Recent, rep)
+		bodies = append(bodies, b)
+		rest = next
+	}
+	if len(bodies) != n {
+		return s, nil, fmt.Errorf("ReadSnapshot counted %d replies in bodies of %d", n, len(bodies))
 	}
 	return s, bodies, nil
 }

@@ -15,29 +15,31 @@ import (
 // window as the bytes it was encoded to once.
 
 // AppendSnapshot appends to dst the single-object encoding of a
-// decider.Snapshot whose recent replies are given already encoded: each
-// the body of an encoded decider.Reply (what follows its 10-byte header),
-// oldest first. It writes the bytes Encode(Snapshot{…}) writes, without
+// decider.Snapshot whose dedupe window of replies replies is given already
+// encoded: bodies holds the body of each (what follows an encoded
+// decider.Reply's 10-byte header), oldest first, one after another, split
+// across its slices in any way (ReadSnapshot's bodies, a reply encoded
+// since, …). It writes the bytes Encode(Snapshot{…}) writes, without
 // encoding the dedupe window again: a worker writes a snapshot with its
 // whole window for every command, and a window of 32 replies made that
 // encode five times the cost of the rest.
-func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, commandOffset int64, state []byte, recent [][]byte) []byte {
+func (r *Registry) AppendSnapshot(dst []byte, aggregateID string, version, commandOffset int64, state []byte, replies int, bodies [][]byte) []byte {
 	dst = append(dst, r.byName[SnapshotName].header...)
 	dst = appendString(dst, aggregateID) // Avro longs are zigzag varints, strings prefixed by one
 	dst = binary.AppendVarint(dst, version)
 	dst = binary.AppendVarint(dst, commandOffset)
 	dst = binary.AppendVarint(dst, int64(len(state)))
 	dst = append(dst, state...)
-	if len(recent) > 0 {
+	if replies > 0 {
 		// One block, its count negative and followed by its size in bytes,
 		// as hamba writes it (the Avro spec allows both forms).
 		size := 0
-		for _, b := range recent {
+		for _, b := range bodies {
 			size += len(b)
 		}
-		dst = binary.AppendVarint(dst, -int64(len(recent)))
+		dst = binary.AppendVarint(dst, -int64(replies))
 		dst = binary.AppendVarint(dst, int64(size))
-		for _, b := range recent {
+		for _, b := range bodies {
 			dst = append(dst, b...)
 		}
 	}
@@ -72,12 +74,14 @@ func appendString(dst []byte, s string) []byte {
 }
 
 // ReadSnapshot decodes a decider.Snapshot but for its dedupe window: it
-// returns the encoded body of each reply of the window (slices of data),
-// oldest first, as AppendSnapshot takes them, and leaves s.Recent nil;
-// ReadReply decodes a body when it is needed. Every reply is checked to be
-// well formed. A snapshot written with an older schema version is decoded
-// through Decode and its replies encoded again.
-func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err error) {
+// returns the number of replies in the window and their encoded bodies,
+// oldest first, one after another, as AppendSnapshot takes them (a slice of
+// data when the window is one Avro block, as every writer we know writes
+// it), and leaves s.Recent nil; NextReply splits the bodies and ReadReply
+// decodes one when it is needed. Every reply is checked to be well formed.
+// A snapshot written with an older schema version is decoded through
+// Decode and its replies encoded again.
+func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, replies int, bodies []byte, err error) {
 	b := r.byName[SnapshotName]
 	fp, body, err := splitHeader(data)
 	if err != nil || fp != b.fp {
@@ -85,7 +89,7 @@ func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err e
 	}
 	d := avroReader{buf: body}
 	s = Snapshot{AggregateID: d.string(), Version: d.long(), CommandOffset: d.long(), State: d.bytes()}
-	for d.err == nil {
+	for blocks := 0; d.err == nil; blocks++ {
 		n := d.blockCount()
 		if n == 0 {
 			break
@@ -94,26 +98,40 @@ func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, bodies [][]byte, err e
 			d.fail()
 			break
 		}
-		if bodies == nil {
-			bodies = make([][]byte, 0, n)
-		}
+		start := d.pos
 		for i := int64(0); i < n && d.err == nil; i++ {
-			start := d.pos
 			d.reply(false)
-			bodies = append(bodies, d.buf[start:d.pos:d.pos])
+		}
+		replies += int(n)
+		if blocks == 0 {
+			bodies = d.buf[start:d.pos:d.pos]
+		} else { // a block header lies between the blocks' replies
+			bodies = append(bodies[:len(bodies):len(bodies)], d.buf[start:d.pos]...)
 		}
 	}
 	if d.err == nil && d.pos != len(d.buf) {
 		d.err = errors.New("trailing bytes after the record")
 	}
 	if d.err != nil {
-		return Snapshot{}, nil, fmt.Errorf("decode %s: %w: %w", SnapshotName, ErrBody, d.err)
+		return Snapshot{}, 0, nil, fmt.Errorf("decode %s: %w: %w", SnapshotName, ErrBody, d.err)
 	}
-	return s, bodies, nil
+	return s, replies, bodies, nil
+}
+
+// NextReply splits the first reply off bodies, encoded replies one after
+// another as ReadSnapshot returns them: its body and the rest. ok is false
+// when bodies does not begin with a well-formed reply.
+func NextReply(bodies []byte) (body, rest []byte, ok bool) {
+	d := avroReader{buf: bodies}
+	d.reply(false)
+	if d.err != nil {
+		return nil, bodies, false
+	}
+	return bodies[:d.pos:d.pos], bodies[d.pos:], true
 }
 
 // ReadReply decodes the body of a decider.Reply (what follows its 10-byte
-// header), as ReadSnapshot returns them.
+// header), as NextReply splits them off ReadSnapshot's bodies.
 func ReadReply(body []byte) (Reply, error) {
 	d := avroReader{buf: body}
 	rep := d.reply(true)
@@ -136,22 +154,23 @@ func ReplyCommandID(body []byte) []byte {
 
 // readSnapshotSlow is ReadSnapshot for a snapshot of another schema
 // version.
-func (r *Registry) readSnapshotSlow(data []byte) (Snapshot, [][]byte, error) {
+func (r *Registry) readSnapshotSlow(data []byte) (Snapshot, int, []byte, error) {
 	v, err := r.Decode(SnapshotName, data)
 	if err != nil {
-		return Snapshot{}, nil, err
+		return Snapshot{}, 0, nil, err
 	}
 	s := v.(Snapshot)
-	bodies := make([][]byte, len(s.Recent))
-	for i, rep := range s.Recent {
+	var bodies []byte
+	for _, rep := range s.Recent {
 		_, enc, err := r.Encode(rep)
 		if err != nil {
-			return Snapshot{}, nil, err
+			return Snapshot{}, 0, nil, err
 		}
-		bodies[i] = enc[FramingSize:]
+		bodies = append(bodies, enc[FramingSize:]...)
 	}
+	n := len(s.Recent)
 	s.Recent = nil
-	return s, bodies, nil
+	return s, n, bodies, nil
 }
 
 // statuses are the symbols of decider.Status in schema order.
