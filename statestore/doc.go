@@ -10,6 +10,9 @@
 //     their checkpoint go in one Pebble batch, so the store is always a
 //     prefix of the committed changelog of each partition: never ahead of
 //     Kafka, possibly behind (a crash after the commit, before Apply).
+//     Pebble runs without its write-ahead log by default (Options.WAL): a
+//     crashed process loses the writes still in memory, and what is on
+//     disk is still such a prefix, a step further behind.
 //   - Restore catches a partition up from its checkpoint to the changelog's
 //     high watermark (read_committed, so it waits for open transactions to
 //     end and keeps only committed snapshots). A checkpoint that no longer fits

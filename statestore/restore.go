@@ -12,7 +12,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -195,7 +194,7 @@ func (s *Store) writeChunk(typ string, p int32, c *restoreChunk, next int64) err
 		if err := b.Set(checkpointKey(typ, p), checkpoint, nil); err != nil {
 			return err
 		}
-		return b.Commit(pebble.Sync)
+		return b.Commit(s.durable)
 	}
 	// Of one key's snapshots the last read stays last: keys are appended
 	// in the order read, so start breaks ties (cheaper than a stable sort).

@@ -258,3 +258,32 @@ func TestRestoreInChunks(t *testing.T) {
 		})
 	}
 }
+
+// A store closed cleanly keeps every write, with or without its WAL (without
+// one, Close flushes the memtables, where the writes are only in memory).
+func TestCloseKeepsWrites(t *testing.T) {
+	for _, wal := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wal=%t", wal), func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(dir, &Options{WAL: wal})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := NewOverlay("account", 2, 0)
+			o.Put("a", Entry{Value: []byte("a1")})
+			if err := s.Apply(Commit{o, 5}); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			again := openStore(t, dir)
+			if v, err := again.Get("account", 2, "a"); err != nil || string(v) != "a1" {
+				t.Errorf("after a reopen Get = %q, %v; want a1", v, err)
+			}
+			if c, err := again.Checkpoint("account", 2); err != nil || c != 5 {
+				t.Errorf("after a reopen checkpoint = %d, %v; want 5", c, err)
+			}
+		})
+	}
+}

@@ -56,6 +56,7 @@ type workerFlags struct {
 	restoreBuf *int
 	stateCache *int64
 	blockCache *int64
+	wal        *bool
 	logger     func() *slog.Logger
 }
 
@@ -72,6 +73,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
 		stateCache: fs.Int64("state-cache", 64<<20, "bytes of committed snapshots kept in memory in front of the state store (negative: none)"),
 		blockCache: fs.Int64("block-cache", 256<<20, "bytes of the state store's block cache"),
+		wal:        fs.Bool("wal", false, "keep the state store's write-ahead log (without it, a crashed worker reads its last memtables' writes again from the changelog)"),
 		logger:     logFlags(fs),
 	}
 }
@@ -110,7 +112,7 @@ func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) 
 			return err
 		}
 	}
-	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), &statestore.Options{RestoreBuffer: *wf.restoreBuf, CacheSize: *wf.blockCache})
+	store, err := statestore.Open(filepath.Join(*wf.dataDir, "state"), &statestore.Options{RestoreBuffer: *wf.restoreBuf, CacheSize: *wf.blockCache, WAL: *wf.wal})
 	if err != nil {
 		return err
 	}
