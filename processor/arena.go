@@ -66,7 +66,13 @@ func (c *chunks[T]) take(n, least int) []T {
 // once nothing from them is referenced any more. A chunk that would take
 // the kept ones past keepBytes is let go, so that one large batch does not
 // stay in memory.
-func (c *chunks[T]) reset(keepBytes int) {
+//
+// With zero, the elements taken are zeroed, so that kept chunks hold no
+// pointers to what the batch referenced: the garbage collector, which
+// scans them while they wait for the next batch, finds nothing to mark,
+// and what they pointed to is not kept alive. take then hands out zero
+// elements.
+func (c *chunks[T]) reset(keepBytes int, zero bool) {
 	if c.cur != nil {
 		c.used = append(c.used, c.cur)
 		c.cur = nil
@@ -78,6 +84,9 @@ func (c *chunks[T]) reset(keepBytes int) {
 	}
 	for _, ch := range c.used { // smallest first: later chunks double
 		if kept+cap(ch)*size <= keepBytes {
+			if zero {
+				clear(ch)
+			}
 			c.free = append(c.free, ch[:0])
 			kept += cap(ch) * size
 		}
@@ -89,16 +98,15 @@ func (c *chunks[T]) reset(keepBytes int) {
 // reset makes the arena's chunks reusable: call it only once nothing from
 // them is referenced any more.
 func (ar *arena) reset() {
-	ar.recs.reset(arenaKeepBytes)
-	ar.headers.reset(arenaKeepBytes)
-	ar.bytes.reset(arenaKeepBytes)
+	ar.recs.reset(arenaKeepBytes, true)
+	ar.headers.reset(arenaKeepBytes, true)
+	ar.bytes.reset(arenaKeepBytes, false) // no pointers; buf hands out room to append to
+
 }
 
 // record returns a zero record.
 func (ar *arena) record() *kgo.Record {
-	r := &ar.recs.take(1, 64)[0]
-	*r = kgo.Record{}
-	return r
+	return &ar.recs.take(1, 64)[0]
 }
 
 // headerSlice returns a slice of n headers.
