@@ -97,3 +97,29 @@ func splitBodies(t *testing.T, pieces [][]byte) [][]byte {
 	}
 	return out
 }
+
+// BenchmarkDedupeWindow is what every command does with its aggregate's
+// window, full (32 replies) and loaded from a snapshot: look for its id
+// (not there), add its reply, and write the window into the new snapshot.
+func BenchmarkDedupeWindow(b *testing.B) {
+	const size = 32
+	r := schemas.NewRegistry()
+	var whole []byte
+	for i := range size {
+		_, v, err := r.Encode(schemas.Reply{CommandID: fmt.Sprintf("cmd-%08d", i), AggregateID: "acc-12345", Status: schemas.Accepted, Version: int64(i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		whole = append(whole, v[schemas.FramingSize:]...)
+	}
+	_, v, _ := r.Encode(schemas.Reply{CommandID: "cmd-new", AggregateID: "acc-12345", Status: schemas.Accepted, Version: size})
+	body := v[schemas.FramingSize:]
+	var pieces [][]byte
+	for b.Loop() {
+		l := recentOf(size, whole)
+		if _, ok := l.find("cmd-new", size); ok {
+			b.Fatal("found")
+		}
+		pieces, _ = l.add(body, size).appendBodies(pieces[:0], size)
+	}
+}

@@ -1,6 +1,7 @@
 package schemas
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -187,29 +188,27 @@ type avroReader struct {
 	err error
 }
 
-func (d *avroReader) fail() {
-	if d.err == nil {
-		d.err = errors.New("truncated or malformed")
-	}
-}
+var errMalformed = errors.New("truncated or malformed")
+
+func (d *avroReader) fail() { d.err = cmp.Or(d.err, errMalformed) }
 
 // varint reads an unsigned varint of at most max bytes, as hamba does:
-// bits past the 64th are dropped, a longer varint is an error.
+// bits past the 64th are dropped, a longer varint is an error. (It reads
+// on after an error, which it does not check for, so that it inlines: what
+// is read then is dropped.)
 func (d *avroReader) varint(max int) uint64 {
 	var v uint64
-	for i := range max {
-		if d.err != nil || d.pos >= len(d.buf) {
-			d.fail()
-			return 0
-		}
+	for i := 0; i < max && d.pos < len(d.buf); i++ {
 		b := d.buf[d.pos]
 		d.pos++
 		v |= uint64(b&0x7f) << (7 * i)
-		if b&0x80 == 0 {
+		if b < 0x80 {
 			return v
 		}
 	}
-	d.fail()
+	if d.err == nil {
+		d.err = errMalformed
+	}
 	return 0
 }
 
