@@ -226,7 +226,8 @@ func (d *avroReader) int() int32 {
 }
 
 func (d *avroReader) bytes() []byte {
-	n := d.long()
+	v := d.varint(10) // a long, as long reads it, without the call
+	n := int64(v>>1) ^ -int64(v&1)
 	if d.err != nil || n < 0 || n > int64(len(d.buf)-d.pos) {
 		d.fail()
 		return nil
