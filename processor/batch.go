@@ -173,7 +173,6 @@ type partBatch struct {
 	overlay *statestore.Overlay
 	next    atomic.Int64 // changelog offset after this batch's last snapshot
 	tally   tally        // for the metrics, once committed
-	dirty   []string     // aggregates whose snapshot is to be written, in the order first touched
 	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena       // the records and bytes produced
 	cmd     command      // the command being handled
@@ -377,51 +376,55 @@ func decide(agg *topology.Aggregate, state, cmd any, maxRecord int) (d decision)
 }
 
 // stage makes s the aggregate's state for the rest of the batch. Its
-// snapshot is written once, at the end of the partition's batch, with the
-// last state staged (Kafka Streams' record cache coalesces the same way):
-// the changelog needs the state at each commit, not after each command.
+// snapshot is written once, at the end of the partition's batch (in the
+// order the batch first touched its aggregates), with the last state
+// staged (Kafka Streams' record cache coalesces the same way): the
+// changelog needs the state at each commit, not after each command.
 func (pb *partBatch) stage(id string, s *aggState) {
-	if _, ok := pb.overlay.Get(id); !ok {
-		pb.dirty = append(pb.dirty, id)
-	}
 	pb.overlay.Put(id, statestore.Entry{Decoded: s})
 }
 
 // writeSnapshots writes the snapshot of every aggregate staged in the
 // batch, to the changelog and the overlay.
-func (pb *partBatch) writeSnapshots() error {
+func (pb *partBatch) writeSnapshots() (err error) {
+	pb.overlay.Each(func(id string, e statestore.Entry) {
+		if err == nil {
+			err = pb.writeSnapshot(id, e.Decoded.(*aggState))
+		}
+	})
+	return err
+}
+
+// writeSnapshot writes the snapshot of aggregate id at s.
+func (pb *partBatch) writeSnapshot(id string, s *aggState) error {
 	agg := pb.a.agg
-	for _, id := range pb.dirty {
-		e, _ := pb.overlay.Get(id)
-		s := e.Decoded.(*aggState)
-		if s.stateBytes == nil { // the initial state
-			enc, err := agg.EncodeState(s.state)
-			if err != nil {
-				return fmt.Errorf("encode state of %s: %w", id, err)
-			}
-			withBytes := *s
-			withBytes.stateBytes = enc
-			s = &withBytes
+	if s.stateBytes == nil { // the initial state
+		enc, err := agg.EncodeState(s.state)
+		if err != nil {
+			return fmt.Errorf("encode state of %s: %w", id, err)
 		}
-		var replies int
-		pb.bodies, replies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
-		size := snapshotEnvelope + len(id) + len(s.stateBytes)
-		for _, b := range pb.bodies {
-			size += len(b)
-		}
-		v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, replies, pb.bodies)
-		pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
-		r := pb.ar.record()
-		r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v
-		pb.produce(kindSnapshot, r, func(off int64) {
-			for {
-				cur := pb.next.Load()
-				if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
-					return
-				}
-			}
-		})
+		withBytes := *s
+		withBytes.stateBytes = enc
+		s = &withBytes
 	}
+	var replies int
+	pb.bodies, replies = s.recent.appendBodies(pb.bodies[:0], pb.b.w.cfg.DedupeWindow)
+	size := snapshotEnvelope + len(id) + len(s.stateBytes)
+	for _, b := range pb.bodies {
+		size += len(b)
+	}
+	v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, replies, pb.bodies)
+	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
+	r := pb.ar.record()
+	r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v
+	pb.produce(kindSnapshot, r, func(off int64) {
+		for {
+			cur := pb.next.Load()
+			if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
+				return
+			}
+		}
+	})
 	return nil
 }
 

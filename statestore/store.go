@@ -205,7 +205,8 @@ func (s *Store) Apply(cs ...Commit) error {
 	size := 12 // the batch's header, then each record's kind, varints, key and value
 	for _, c := range cs {
 		o := c.Overlay
-		for id, e := range o.entries {
+		for i, id := range o.ids {
+			e := o.entries[i]
 			size += 1 + 2*binary.MaxVarintLen32 + prefixLen(o.typ) + len(id) + len(e.Value)
 		}
 		size += 1 + 2*binary.MaxVarintLen32 + prefixLen(o.typ) + 8
@@ -214,7 +215,8 @@ func (s *Store) Apply(cs ...Commit) error {
 	defer b.Close()
 	for _, c := range cs {
 		o := c.Overlay
-		for id, e := range o.entries {
+		for i, id := range o.ids {
+			e := o.entries[i]
 			if err := put(b, snapshotKey(o.typ, o.partition, id), e.Value); err != nil {
 				return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
 			}
