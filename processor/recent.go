@@ -72,15 +72,8 @@ func (l *recent) cut(n int) *recent {
 // find returns the body of the reply to commandID among the newest size.
 func (l *recent) find(commandID string, size int) ([]byte, bool) {
 	for ; l != nil && size > 0; l, size = l.older, size-l.count {
-		for b := l.newest(min(size, l.count)); len(b) > 0; {
-			body, rest, ok := schemas.NextReply(b)
-			if !ok {
-				break
-			}
-			if string(schemas.ReplyCommandID(body)) == commandID {
-				return body, true
-			}
-			b = rest
+		if body, ok := schemas.FindReply(l.newest(min(size, l.count)), commandID); ok {
+			return body, true
 		}
 	}
 	return nil, false

@@ -29,8 +29,8 @@ func TestRecentWindow(t *testing.T) {
 	}
 	pieces, n := l.appendBodies(nil, size)
 	got := splitBodies(t, pieces)
-	if n != size || len(got) != size || string(schemas.ReplyCommandID(got[0])) != "68" || string(schemas.ReplyCommandID(got[size-1])) != "99" {
-		t.Fatalf("window = %d (%d) replies from %q to %q, want 68..99", n, len(got), schemas.ReplyCommandID(got[0]), schemas.ReplyCommandID(got[len(got)-1]))
+	if n != size || len(got) != size || commandID(t, got[0]) != "68" || commandID(t, got[size-1]) != "99" {
+		t.Fatalf("window = %d (%d) replies from %q to %q, want 68..99", n, len(got), commandID(t, got[0]), commandID(t, got[len(got)-1]))
 	}
 	checkFind := func(l *recent) {
 		t.Helper()
@@ -39,7 +39,7 @@ func TestRecentWindow(t *testing.T) {
 		} else if rep, err := schemas.ReadReply(b); err != nil || rep.Version != 68 {
 			t.Errorf("the reply found reads %+v, %v", rep, err)
 		}
-		if b, ok := l.find("99", size); !ok || string(schemas.ReplyCommandID(b)) != "99" {
+		if b, ok := l.find("99", size); !ok || commandID(t, b) != "99" {
 			t.Error("the newest reply of the window is not found")
 		}
 		if _, ok := l.find("67", size); ok {
@@ -67,8 +67,8 @@ func TestRecentWindow(t *testing.T) {
 	}
 	pieces, n = loaded.appendBodies(nil, size)
 	got = splitBodies(t, pieces)
-	if n != size || len(got) != size || string(schemas.ReplyCommandID(got[0])) != "110" || string(schemas.ReplyCommandID(got[size-1])) != "141" {
-		t.Fatalf("window after adds = %d (%d) replies from %q to %q, want 110..141", n, len(got), schemas.ReplyCommandID(got[0]), schemas.ReplyCommandID(got[len(got)-1]))
+	if n != size || len(got) != size || commandID(t, got[0]) != "110" || commandID(t, got[size-1]) != "141" {
+		t.Fatalf("window after adds = %d (%d) replies from %q to %q, want 110..141", n, len(got), commandID(t, got[0]), commandID(t, got[len(got)-1]))
 	}
 	if _, ok := loaded.find("109", size); ok {
 		t.Error("a reply cut from a loaded window is found")
@@ -122,4 +122,14 @@ func BenchmarkDedupeWindow(b *testing.B) {
 		}
 		pieces, _ = l.add(body, size).appendBodies(pieces[:0], size)
 	}
+}
+
+// commandID returns the command id of a reply's body.
+func commandID(t testing.TB, body []byte) string {
+	t.Helper()
+	rep, err := schemas.ReadReply(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep.CommandID
 }

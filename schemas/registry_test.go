@@ -792,8 +792,12 @@ func readSnapshotWhole(r *Registry, data []byte) (Snapshot, [][]byte, error) {
 		if err != nil {
 			return s, nil, fmt.Errorf("a body ReadSnapshot accepted: %w", err)
 		}
-		if !bytes.Equal(ReplyCommandID(b), []byte(rep.CommandID)) {
-			return s, nil, fmt.Errorf("ReplyCommandID = %q, ReadReply's = %q", ReplyCommandID(b), rep.CommandID)
+		// FindReply, which skips replies unchecked, finds a reply of
+		// that command id (the first, if several have it).
+		if found, ok := FindReply(all, rep.CommandID); !ok {
+			return s, nil, fmt.Errorf("FindReply(%q) found nothing", rep.CommandID)
+		} else if f, err := ReadReply(found); err != nil || f.CommandID != rep.CommandID {
+			return s, nil, fmt.Errorf("FindReply(%q) found %+v, %v", rep.CommandID, f, err)
 		}
 		s.Recent = append(s.Recent, rep)
 		bodies = append(bodies, b)

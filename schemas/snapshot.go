@@ -145,12 +145,30 @@ func ReadReply(body []byte) (Reply, error) {
 	return rep, nil
 }
 
-// ReplyCommandID returns the commandId of the body of a decider.Reply, a
-// slice of body; nil if body is malformed. The dedupe window compares
-// command ids without decoding its replies.
-func ReplyCommandID(body []byte) []byte {
-	d := avroReader{buf: body}
-	return d.bytes()
+// FindReply returns the body of the reply to commandID among bodies,
+// replies that ReadSnapshot returned or that were encoded here, one after
+// another. It skips each reply by its fields' lengths without checking them
+// again: a search of the dedupe window runs for every command, and checked
+// as NextReply checks them, the replies of a full window took most of its
+// time. Bodies it cannot skip end the search.
+func FindReply(bodies []byte, commandID string) ([]byte, bool) {
+	for start := 0; start < len(bodies); {
+		d := avroReader{buf: bodies, pos: start}
+		id := d.bytes()
+		d.bytes()    // aggregateId
+		d.varint(5)  // status
+		d.varint(10) // version
+		d.bytes()    // reason
+		d.varint(5)  // events
+		if d.err != nil {
+			return nil, false
+		}
+		if string(id) == commandID {
+			return bodies[start:d.pos:d.pos], true
+		}
+		start = d.pos
+	}
+	return nil, false
 }
 
 // readSnapshotSlow is ReadSnapshot for a snapshot of another schema
