@@ -20,7 +20,8 @@ import (
 // partition, and what they produced.
 type batch struct {
 	w        *Worker
-	produced sync.WaitGroup // records whose promise has not run yet
+	produced sync.WaitGroup           // records whose promise has not run yet
+	promise  func(*kgo.Record, error) // b.written, made once
 
 	mu        sync.Mutex
 	err       error  // the first reason the transaction must abort
@@ -28,7 +29,11 @@ type batch struct {
 	parts     []*partBatch
 }
 
-func newBatch(w *Worker) *batch { return &batch{w: w} }
+func newBatch(w *Worker) *batch {
+	b := &batch{w: w}
+	b.promise = b.written
+	return b
+}
 
 // Classes of reasons to abort a batch.
 const (
@@ -71,6 +76,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		return
 	}
 	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get()}
+	pb.snapshotPromise = pb.snapshotWritten
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
 	b.mu.Unlock()
@@ -149,21 +155,30 @@ func (b *batch) restoreAgain() {
 	}
 }
 
-// produce sends r in the open transaction; onOffset, if set, gets its
-// offset once written. A failed record aborts the transaction.
-func (b *batch) produce(r *kgo.Record, onOffset func(int64)) {
+// produce sends r in the open transaction; promise (b.promise, or a
+// partition's snapshotPromise) runs once r is acknowledged or failed.
+func (b *batch) produce(r *kgo.Record, promise func(*kgo.Record, error)) {
 	b.produced.Add(1)
-	b.w.sess.Produce(context.Background(), r, func(r *kgo.Record, err error) {
-		defer b.produced.Done()
-		if err != nil {
-			b.w.topics.forget(r.Topic) // a reply topic deleted since it was looked up
-			b.abort(abortProduceFailed, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
-			return
-		}
-		if onOffset != nil {
-			onOffset(r.Offset)
-		}
-	})
+	b.w.sess.Produce(context.Background(), r, promise)
+}
+
+// written is the promise of a record the batch needs nothing of once
+// written. (It and snapshotWritten are method values made once per batch:
+// a closure per record was two allocations for every command.)
+func (b *batch) written(r *kgo.Record, err error) {
+	b.acknowledged(r, err)
+	b.produced.Done()
+}
+
+// acknowledged handles the outcome of producing r: a failed record aborts
+// the transaction. It reports whether r was written.
+func (b *batch) acknowledged(r *kgo.Record, err error) bool {
+	if err != nil {
+		b.w.topics.forget(r.Topic) // a reply topic deleted since it was looked up
+		b.abort(abortProduceFailed, fmt.Errorf("produce to %s/%d: %w", r.Topic, r.Partition, err))
+		return false
+	}
+	return true
 }
 
 // partBatch is one partition's share of a batch.
@@ -176,12 +191,29 @@ type partBatch struct {
 	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena       // the records and bytes produced
 	cmd     command      // the command being handled
+
+	snapshotPromise func(*kgo.Record, error) // pb.snapshotWritten, made once
 }
 
 // produce sends a record of kind in the batch's transaction.
-func (pb *partBatch) produce(kind string, r *kgo.Record, onOffset func(int64)) {
+func (pb *partBatch) produce(kind string, r *kgo.Record, promise func(*kgo.Record, error)) {
 	pb.tally.record(kind)
-	pb.b.produce(r, onOffset)
+	pb.b.produce(r, promise)
+}
+
+// snapshotWritten is the promise of a snapshot record: the changelog
+// offset after it moves the partition's checkpoint on.
+func (pb *partBatch) snapshotWritten(r *kgo.Record, err error) {
+	defer pb.b.produced.Done() // after next moved: apply reads it once every record is done
+	if !pb.b.acknowledged(r, err) {
+		return
+	}
+	for {
+		cur := pb.next.Load()
+		if r.Offset+1 <= cur || pb.next.CompareAndSwap(cur, r.Offset+1) {
+			return
+		}
+	}
 }
 
 // aggState is an aggregate as the worker holds it between commands.
@@ -301,7 +333,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			next.version += int64(len(d.events))
 			reply.Version, reply.Events = next.version, int32(len(d.events))
 			for i, e := range d.events {
-				pb.produce(kindEvent, pb.event(c, st.version+int64(i)+1, e), nil)
+				pb.produce(kindEvent, pb.event(c, st.version+int64(i)+1, e), pb.b.promise)
 			}
 		}
 	}
@@ -417,14 +449,7 @@ func (pb *partBatch) writeSnapshot(id string, s *aggState) error {
 	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
 	r := pb.ar.record()
 	r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v
-	pb.produce(kindSnapshot, r, func(off int64) {
-		for {
-			cur := pb.next.Load()
-			if off+1 <= cur || pb.next.CompareAndSwap(cur, off+1) {
-				return
-			}
-		}
-	})
+	pb.produce(kindSnapshot, r, pb.snapshotPromise)
 	return nil
 }
 
@@ -514,7 +539,7 @@ func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Repl
 	r := pb.ar.record()
 	r.Topic, r.Partition, r.Key, r.Value = c.replyTo, p, c.rawID, v
 	r.Headers = pb.headers(c, buf[:idEnd:idEnd], replyTypeValue, buf[idEnd:])
-	pb.produce(kindReply, r, nil)
+	pb.produce(kindReply, r, pb.b.promise)
 	return nil
 }
 
@@ -553,7 +578,7 @@ func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
 	pb.tally.deadLetter(reason)
 	pb.b.produce(&kgo.Record{
 		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: value, Headers: h,
-	}, nil)
+	}, pb.b.promise)
 }
 
 // forward re-sends a command that landed on the wrong partition to the one
@@ -562,5 +587,5 @@ func (pb *partBatch) forward(r *kgo.Record, to int32) {
 	pb.b.w.log.Debug("forwarding misrouted command", "topic", r.Topic, "from", r.Partition, "to", to, "offset", r.Offset)
 	pb.produce(kindForward, &kgo.Record{
 		Topic: r.Topic, Partition: to, Key: r.Key, Value: r.Value, Headers: r.Headers, Timestamp: r.Timestamp,
-	}, nil)
+	}, pb.b.promise)
 }
