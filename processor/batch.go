@@ -76,7 +76,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		return
 	}
 	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get()}
-	pb.snapshotPromise = pb.snapshotWritten
+	pb.snapshotPromise, pb.began = pb.snapshotWritten, time.Now()
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
 	b.mu.Unlock()
@@ -193,12 +193,22 @@ type partBatch struct {
 	cmd     command      // the command being handled
 
 	snapshotPromise func(*kgo.Record, error) // pb.snapshotWritten, made once
+	began           time.Time                // the timestamp of the records produced
 }
 
 // produce sends a record of kind in the batch's transaction.
 func (pb *partBatch) produce(kind string, r *kgo.Record, promise func(*kgo.Record, error)) {
 	pb.tally.record(kind)
 	pb.b.produce(r, promise)
+}
+
+// record returns a record of the batch's arena stamped with the time the
+// partition's share of the batch began (franz-go would call time.Now for
+// each record it is given without one).
+func (pb *partBatch) record() *kgo.Record {
+	r := pb.ar.record()
+	r.Timestamp = pb.began
+	return r
 }
 
 // snapshotWritten is the promise of a snapshot record: the changelog
@@ -447,7 +457,7 @@ func (pb *partBatch) writeSnapshot(id string, s *aggState) error {
 	}
 	v := agg.Schemas().AppendSnapshot(pb.ar.buf(size), id, s.version, s.commandOffset, s.stateBytes, replies, pb.bodies)
 	pb.overlay.Put(id, statestore.Entry{Value: v, Decoded: s})
-	r := pb.ar.record()
+	r := pb.record()
 	r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Snapshots, pb.a.key.partition, append(pb.ar.buf(len(id)), id...), v
 	pb.produce(kindSnapshot, r, pb.snapshotPromise)
 	return nil
@@ -459,7 +469,7 @@ func (pb *partBatch) event(c *command, v int64, e encoded) *kgo.Record {
 	// one buffer holds both.
 	id := c.rec.Key
 	buf := strconv.AppendInt(append(append(pb.ar.buf(len(id)+21), id...), '/'), v, 10)
-	r := pb.ar.record()
+	r := pb.record()
 	r.Topic, r.Partition, r.Key, r.Value = pb.a.topics.Events, pb.a.key.partition, id, e.payload
 	r.Headers = pb.headers(c, buf, typeValue(e.name), buf[len(id)+1:])
 	return r
@@ -536,7 +546,7 @@ func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Repl
 	buf := append(append(pb.ar.buf(len(c.rawID)+26), c.rawID...), "/reply"...)
 	idEnd := len(buf)
 	buf = strconv.AppendInt(buf, rep.Version, 10)
-	r := pb.ar.record()
+	r := pb.record()
 	r.Topic, r.Partition, r.Key, r.Value = c.replyTo, p, c.rawID, v
 	r.Headers = pb.headers(c, buf[:idEnd:idEnd], replyTypeValue, buf[idEnd:])
 	pb.produce(kindReply, r, pb.b.promise)

@@ -10,8 +10,9 @@
 // transaction:
 //
 //  1. Begin.
-//  2. For each partition in the poll, in parallel with the others, once the
-//     partition is restored: each command in offset order is read (headers,
+//  2. For each partition in the poll, in parallel with the others (on the
+//     session's pool of goroutines, one per CPU), once the partition is
+//     restored: each command in offset order is read (headers,
 //     then payload), its aggregate's state is looked up — the batch's
 //     overlay, else the cache of committed snapshots, else the Pebble store,
 //     else the initial state — and Decide and Evolve run. Events go to
