@@ -21,8 +21,14 @@ import (
 // batch's overlay, and the bytes in its arena.
 //
 // The ring is written in order and a segment's entries are evicted all at
-// once when the writing comes round to it again. Every committed command
-// writes its aggregate again, at the head, so eviction follows use.
+// once when the writing comes round to it again. A committed snapshot that
+// fits in its aggregate's entry overwrites it in place; one that does not
+// takes a new entry at the head, with a quarter more room than it needs, so
+// that a growing dedupe window fits again the next few times. (When every
+// put took a new entry, the ring was mostly old versions: after a flat-out
+// run over 100k accounts, whose live snapshots took 55 MB, the 64 MiB cache
+// held half of them, and at 1k commands/s half the commands read Pebble.)
+// Eviction follows the first put of an entry, not its latest.
 //
 // Entries are keyed by assignment: a partition assigned again (and
 // restored, which may rewrite its store) starts with no entries, and the old
@@ -38,9 +44,10 @@ type stateCache struct {
 	bytes int64             // of the entries the index points to
 }
 
-// An entry is a header, the aggregate id and the snapshot. The header:
-// the key's hash, the assignment, the id's length, the snapshot's length.
-const entryHeader = 8 + 8 + 4 + 4
+// An entry is a header, the aggregate id and room for the snapshot. The
+// header: the key's hash, the assignment, the id's length, the snapshot's
+// length, the room's.
+const entryHeader = 8 + 8 + 4 + 4 + 4
 
 // maxSegment bounds a segment; a cache is cut into at least 16. A
 // snapshot larger than a segment is not cached.
@@ -89,14 +96,24 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 		return
 	}
 	h := c.hash(a, id)
-	n := entryHeader + len(id) + len(v)
+	room := len(v)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if pos, ok := c.index[h]; ok {
+		e := c.segs[pos>>32][uint32(pos):]
+		idLen := int(binary.LittleEndian.Uint32(e[16:]))
+		if binary.LittleEndian.Uint64(e[8:]) == a.gen && string(e[entryHeader:entryHeader+idLen]) == id &&
+			int(binary.LittleEndian.Uint32(e[24:])) >= len(v) {
+			binary.LittleEndian.PutUint32(e[20:], uint32(len(v)))
+			copy(e[entryHeader+idLen:], v)
+			return
+		}
 		delete(c.index, h)
-		c.bytes -= int64(entrySize(c.segs[pos>>32][uint32(pos):]))
+		c.bytes -= int64(entrySize(e))
+		room += len(v) / 4 // it grew: room for it to grow again
 	}
-	if n > c.size {
+	n := min(entryHeader+len(id)+room, c.size)
+	if room = n - entryHeader - len(id); room < len(v) {
 		return
 	}
 	if len(c.segs[c.cur])+n > c.size {
@@ -116,7 +133,9 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 	seg = binary.LittleEndian.AppendUint64(seg, a.gen)
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(id)))
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(v)))
-	c.segs[c.cur] = append(append(seg, id...), v...)
+	seg = binary.LittleEndian.AppendUint32(seg, uint32(room))
+	seg = append(append(seg, id...), v...)
+	c.segs[c.cur] = append(seg, make([]byte, room-len(v))...)
 	c.bytes += int64(n)
 }
 
@@ -137,7 +156,7 @@ func (c *stateCache) evict(s int) {
 
 // entrySize returns the length of the entry e begins with.
 func entrySize(e []byte) int {
-	return entryHeader + int(binary.LittleEndian.Uint32(e[16:])) + int(binary.LittleEndian.Uint32(e[20:]))
+	return entryHeader + int(binary.LittleEndian.Uint32(e[16:])) + int(binary.LittleEndian.Uint32(e[24:]))
 }
 
 // len returns the bytes of the entries held.

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -90,7 +91,8 @@ func TestStateCacheRing(t *testing.T) {
 				if !bytes.Equal(got, want) {
 					t.Fatalf("after %d puts get(%d/%s) = %d bytes, want %d", i+1, k.a.gen, k.id, len(got), len(want))
 				}
-				held += int64(entryHeader + len(k.id) + len(want))
+				pos := c.index[c.hash(k.a, k.id)]
+				held += int64(entrySize(c.segs[pos>>32][uint32(pos):]))
 			}
 		}
 		if held != c.len() {
@@ -100,6 +102,41 @@ func TestStateCacheRing(t *testing.T) {
 }
 
 func heapBuf(n int) []byte { return make([]byte, 0, n) }
+
+// A snapshot that fits in its aggregate's entry overwrites it in place, so
+// that putting one aggregate again and again evicts nobody; one that grew
+// takes a new entry with room to grow again.
+func TestStateCacheInPlace(t *testing.T) {
+	a := &assigned{gen: assignments.Add(1)}
+	c := newStateCache(16 << 10) // 16 segments of 1 KiB
+	for i := range 100 {
+		c.put(a, fmt.Sprint(i), bytes.Repeat([]byte{byte(i)}, 100))
+	}
+	for i := range 1000 { // as many bytes put as the cache holds, ten times over
+		c.put(a, "7", bytes.Repeat([]byte{byte(i)}, 90+i%11))
+	}
+	for i := range 100 {
+		want := bytes.Repeat([]byte{byte(i)}, 100)
+		if i == 7 {
+			want = bytes.Repeat([]byte{byte(999 % 256)}, 90+999%11)
+		}
+		if got, ok := c.get(a, fmt.Sprint(i), heapBuf); !ok || !bytes.Equal(got, want) {
+			t.Fatalf("entry %d: get = %d bytes, %v; want %d bytes", i, len(got), ok, len(want))
+		}
+	}
+	before := c.len()
+	c.put(a, "7", make([]byte, 120)) // grew past its room
+	pos := c.index[c.hash(a, "7")]
+	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/4 {
+		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/4)
+	}
+	if c.len() <= before {
+		t.Errorf("the cache counts %d bytes after an entry grew, %d before", c.len(), before)
+	}
+	if got, ok := c.get(a, "7", heapBuf); !ok || len(got) != 120 {
+		t.Errorf("the grown entry reads %d bytes, %v", len(got), ok)
+	}
+}
 
 // BenchmarkStateCache is a hit and a put of a snapshot of the bench's size
 // (≈ 300 bytes) among 100k aggregates in the default 64 MiB cache.

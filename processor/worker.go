@@ -50,9 +50,10 @@ type Config struct {
 	MaxRecordBytes int
 	// StateCacheBytes bounds the cache of committed snapshots in front of
 	// the state store: the memory of the ring it writes snapshots to, each
-	// with its id and 24 bytes (its index adds ≈ 16 bytes an entry). A
-	// snapshot larger than a sixteenth of it, or than 4 MiB, is not cached.
-	// Default 64 MiB; negative disables it.
+	// with its id and 28 bytes, and a quarter more room for one that grew
+	// (its index adds ≈ 16 bytes an entry). A snapshot larger than a
+	// sixteenth of it, or than 4 MiB, is not cached. Default 64 MiB;
+	// negative disables it.
 	StateCacheBytes int64
 	// DedupeWindow is how many recent replies each aggregate's snapshot
 	// keeps: a command id seen again within them gets its first reply again
