@@ -101,7 +101,6 @@ func (ar *arena) reset() {
 	ar.recs.reset(arenaKeepBytes, true)
 	ar.headers.reset(arenaKeepBytes, true)
 	ar.bytes.reset(arenaKeepBytes, false) // no pointers; buf hands out room to append to
-
 }
 
 // record returns a zero record.

@@ -1,7 +1,6 @@
 package schemas
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -208,7 +207,11 @@ type avroReader struct {
 
 var errMalformed = errors.New("truncated or malformed")
 
-func (d *avroReader) fail() { d.err = cmp.Or(d.err, errMalformed) }
+func (d *avroReader) fail() {
+	if d.err == nil {
+		d.err = errMalformed
+	}
+}
 
 // varint reads an unsigned varint of at most max bytes, as hamba does:
 // bits past the 64th are dropped, a longer varint is an error. (It reads
@@ -224,9 +227,7 @@ func (d *avroReader) varint(max int) uint64 {
 			return v
 		}
 	}
-	if d.err == nil {
-		d.err = errMalformed
-	}
+	d.fail()
 	return 0
 }
 

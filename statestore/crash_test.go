@@ -53,6 +53,7 @@ func TestCrashKeepsPrefix(t *testing.T) {
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
+	defer child.Process.Kill() // also when the test fails before the kill below
 	lines := bufio.NewScanner(out)
 	applied := 0
 	for applied < 3000 && lines.Scan() {

@@ -26,7 +26,7 @@ type Entry struct {
 // NewOverlay returns an empty overlay of partition p of type typ, with
 // room for about n aggregates.
 func NewOverlay(typ string, p int32, n int) *Overlay {
-	return &Overlay{typ: typ, partition: p, index: make(map[string]int32, n)}
+	return &Overlay{typ: typ, partition: p, index: make(map[string]int32, n), ids: make([]string, 0, n), entries: make([]Entry, 0, n)}
 }
 
 // Get returns the entry of aggregate id, if the open transaction wrote one.

@@ -287,3 +287,21 @@ func TestCloseKeepsWrites(t *testing.T) {
 		})
 	}
 }
+
+// An overlay hands its entries on in the order their aggregates were first
+// put, each with its latest entry.
+func TestOverlayOrder(t *testing.T) {
+	o := NewOverlay("account", 0, 0)
+	for _, put := range [][2]string{{"b", "b1"}, {"a", "a1"}, {"c", "c1"}, {"b", "b2"}} {
+		o.Put(put[0], Entry{Value: []byte(put[1])})
+	}
+	var got []string
+	o.Each(func(id string, e Entry) { got = append(got, id+"="+string(e.Value)) })
+	if fmt.Sprint(got) != "[b=b2 a=a1 c=c1]" || o.Len() != 3 {
+		t.Errorf("Each = %v (Len %d), want [b=b2 a=a1 c=c1]", got, o.Len())
+	}
+	o.Reset()
+	if _, ok := o.Get("b"); ok || o.Len() != 0 {
+		t.Error("an entry outlived Reset")
+	}
+}
