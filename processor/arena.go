@@ -28,6 +28,13 @@ type arena struct {
 	recs    chunks[kgo.Record]
 	headers chunks[kgo.RecordHeader]
 	bytes   chunks[byte]
+	outs    []output // the records to produce, in order, once the transaction begins
+}
+
+// output is a record decided in a batch, and its promise.
+type output struct {
+	r       *kgo.Record
+	promise func(*kgo.Record, error)
 }
 
 // Bounds of what an arena keeps for the next batch of each kind, and of
@@ -101,6 +108,8 @@ func (ar *arena) reset() {
 	ar.recs.reset(arenaKeepBytes, true)
 	ar.headers.reset(arenaKeepBytes, true)
 	ar.bytes.reset(arenaKeepBytes, false) // no pointers; buf hands out room to append to
+	clear(ar.outs)
+	ar.outs = ar.outs[:0]
 }
 
 // record returns a zero record.

@@ -18,8 +18,16 @@ import (
 
 // batch is one transaction's work: the commands of one poll, partition by
 // partition, and what they produced.
+//
+// A batch is decided while the transaction of the batch before it ends
+// (see the package doc): its outputs wait in its arenas until its own
+// transaction begins, and it reads the aggregates the batch before it
+// changed from that batch's overlays. If that transaction does not commit,
+// the batch is dropped unproduced and its commands are polled again.
 type batch struct {
 	w        *Worker
+	fetches  kgo.Fetches
+	prev     map[*assigned]*partBatch // the previous batch's partitions, while this one is decided; nil for none
 	produced sync.WaitGroup           // records whose promise has not run yet
 	promise  func(*kgo.Record, error) // b.written, made once
 
@@ -27,11 +35,25 @@ type batch struct {
 	err       error  // the first reason the transaction must abort
 	abortKind string // its class, the label of decider_transaction_aborts_total
 	parts     []*partBatch
+
+	// The end of the batch's transaction, in the background.
+	pollCtx   context.Context    // of the poll made meanwhile; cancelled once the records are flushed
+	stopPoll  context.CancelFunc // cancels pollCtx
+	polled    chan struct{}      // closed when that poll returned: End may read the session's offsets
+	done      chan struct{}      // closed when the transaction ended, and a committed one is applied
+	committed bool               // set before done: the transaction committed
+	endErr    error              // set before done: an error that ends the session
 }
 
-func newBatch(w *Worker) *batch {
-	b := &batch{w: w}
+func newBatch(w *Worker, fetches kgo.Fetches, prev *batch) *batch {
+	b := &batch{w: w, fetches: fetches}
 	b.promise = b.written
+	if prev != nil {
+		b.prev = make(map[*assigned]*partBatch, len(prev.parts))
+		for _, pb := range prev.parts {
+			b.prev[pb.a] = pb
+		}
+	}
 	return b
 }
 
@@ -75,8 +97,9 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		b.abort(abortRevoked, fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
 		return
 	}
-	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get()}
+	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get(), prev: b.prev[a]}
 	pb.snapshotPromise, pb.began = pb.snapshotWritten, time.Now()
+	defer func() { pb.prev = nil }() // its arenas are reused once its transaction ended
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
 	b.mu.Unlock()
@@ -130,16 +153,19 @@ func (b *batch) apply() error {
 
 // release gives the batch's arenas back for the next batches. Call it
 // once every record's promise has run and the overlays are written or
-// dropped.
+// dropped, or on a batch never produced; nil is a batch of nothing.
 func (b *batch) release() {
+	if b == nil {
+		return
+	}
 	for _, pb := range b.parts {
 		b.w.arenas.put(pb.ar)
 		pb.ar = nil
 	}
 }
 
-// committed adds what the committed batch did to the metrics.
-func (b *batch) committed(commands int) {
+// tallyCommitted adds what the committed batch did to the metrics.
+func (b *batch) tallyCommitted(commands int) {
 	m, now := b.w.metrics, time.Now()
 	m.batchCommands.Observe(float64(commands))
 	for _, pb := range b.parts {
@@ -155,11 +181,15 @@ func (b *batch) restoreAgain() {
 	}
 }
 
-// produce sends r in the open transaction; promise (b.promise, or a
-// partition's snapshotPromise) runs once r is acknowledged or failed.
-func (b *batch) produce(r *kgo.Record, promise func(*kgo.Record, error)) {
-	b.produced.Add(1)
-	b.w.sess.Produce(context.Background(), r, promise)
+// produce sends the batch's records in its transaction, partition by
+// partition, each partition's in the order they were decided.
+func (b *batch) produce() {
+	for _, pb := range b.parts {
+		for _, o := range pb.ar.outs {
+			b.produced.Add(1)
+			b.w.sess.Produce(context.Background(), o.r, o.promise)
+		}
+	}
 }
 
 // written is the promise of a record the batch needs nothing of once
@@ -191,15 +221,23 @@ type partBatch struct {
 	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena       // the records and bytes produced
 	cmd     command      // the command being handled
+	prev    *partBatch   // the partition's share of the previous batch, if its transaction was ending when this one began
 
 	snapshotPromise func(*kgo.Record, error) // pb.snapshotWritten, made once
 	began           time.Time                // the timestamp of the records produced
 }
 
-// produce sends a record of kind in the batch's transaction.
+// produce adds a record of kind to what the batch's transaction sends;
+// promise (pb.b.promise, or pb.snapshotPromise) runs once r is
+// acknowledged or failed.
 func (pb *partBatch) produce(kind string, r *kgo.Record, promise func(*kgo.Record, error)) {
 	pb.tally.record(kind)
-	pb.b.produce(r, promise)
+	pb.out(r, promise)
+}
+
+// out adds r to what the batch's transaction sends.
+func (pb *partBatch) out(r *kgo.Record, promise func(*kgo.Record, error)) {
+	pb.ar.outs = append(pb.ar.outs, output{r, promise})
 }
 
 // record returns a record of the batch's arena stamped with the time the
@@ -238,14 +276,22 @@ type aggState struct {
 	recent        *recent // the dedupe window
 }
 
-// load returns an aggregate's state: the overlay's, else the cache's, else
-// the store's, else the initial state.
+// load returns an aggregate's state: the overlay's, else the previous
+// batch's, else the cache's, else the store's, else the initial state.
 func (pb *partBatch) load(id string) (*aggState, error) {
 	if e, ok := pb.overlay.Get(id); ok {
 		return e.Decoded.(*aggState), nil
 	}
 	w := pb.b.w
 	agg := pb.a.agg
+	if pb.prev != nil {
+		if e, ok := pb.prev.overlay.Get(id); ok {
+			// Decoded again from a copy: the previous batch's arenas,
+			// which its state points into, are reused before this
+			// batch's overlay is done with.
+			return decodeSnapshot(agg, append(pb.ar.buf(len(e.Value)), e.Value...))
+		}
+	}
 	if v, ok := w.cache.get(pb.a, id, pb.ar.buf); ok {
 		w.metrics.cacheHits.Inc()
 		return decodeSnapshot(agg, v)
@@ -586,7 +632,7 @@ func (pb *partBatch) deadLetter(r *kgo.Record, reason, detail string) {
 		kgo.RecordHeader{Key: schemas.HeaderDLQOffset, Value: []byte(strconv.FormatInt(r.Offset, 10))},
 	)
 	pb.tally.deadLetter(reason)
-	pb.b.produce(&kgo.Record{
+	pb.out(&kgo.Record{
 		Topic: pb.a.topics.DLQ, Partition: r.Partition, Key: r.Key, Value: value, Headers: h,
 	}, pb.b.promise)
 }

@@ -9,35 +9,54 @@
 // former self). Each poll (at most MaxPollRecords commands) is one
 // transaction:
 //
-//  1. Begin.
-//  2. For each partition in the poll, in parallel with the others (on the
-//     session's pool of goroutines, one per CPU), once the partition is
-//     restored: each command in offset order is read (headers,
+//  1. Decide. For each partition in the poll, in parallel with the others
+//     (on the session's pool of goroutines, one per CPU), once the
+//     partition is restored: each command in offset order is read (headers,
 //     then payload), its aggregate's state is looked up — the batch's
-//     overlay, else the cache of committed snapshots, else the Pebble store,
-//     else the initial state — and Decide and Evolve run. Events go to
-//     partition p of A.T.events with versions v+1…, the reply to
-//     ce_replyto. The new state goes into the overlay, so the next command
-//     of the same aggregate in the batch sees it. At the end of the
-//     partition's share, the last state of each aggregate it touched goes
-//     to partition p of A.T.snapshots: one snapshot per aggregate per
-//     transaction, as Kafka Streams' record cache writes its changelog.
+//     overlay, else the overlay of the batch before it if that one's
+//     transaction is still ending (step 6), else the cache of committed
+//     snapshots, else the Pebble store, else the initial state — and Decide
+//     and Evolve run. The outputs are records for partition p of A.T.events
+//     with versions v+1…, and the reply for ce_replyto; they wait in the
+//     batch's arenas (arena.go). The new state goes into the overlay, so
+//     the next command of the same aggregate in the batch sees it. At the
+//     end of the partition's share, the last state of each aggregate it
+//     touched becomes a record for partition p of A.T.snapshots: one
+//     snapshot per aggregate per transaction, as Kafka Streams' record
+//     cache writes its changelog.
+//  2. Begin, and produce the batch's records. The rest of the batch's
+//     transaction, steps 3 to 5, runs beside the poll loop.
 //  3. Flush, and wait for every record's acknowledgement. Any failed record
 //     makes the transaction abort: deciding to commit before every record is
 //     known written would commit offsets without their records.
-//  4. End: the consumer offsets are committed in the transaction (KIP-447,
-//     with the group generation, so a worker that lost its partitions cannot
-//     commit), then EndTxn.
+//  4. End: the batch's consumer offsets are committed in the transaction
+//     (KIP-447, with the group generation, so a worker that lost its
+//     partitions cannot commit), then EndTxn.
 //  5. Committed: the overlays are written to Pebble, all partitions of the
 //     batch in one Pebble batch, with each partition's checkpoint (the
 //     changelog offset after its last snapshot), and their snapshots to
-//     the cache (copied). The batch's records and bytes (arena.go) are then
-//     reused. Only now: neither holds state of a transaction that did not
-//     commit. Aborted: the overlays are dropped, and the session rewinds to
-//     the committed offsets; the commands are decided again,
-//     deterministically. (The cache holds bytes, never a decoded state, so
-//     a domain function that changed a state in place cannot leave it in
-//     the cache.)
+//     the cache (copied). The batch's records and bytes are then reused.
+//     Only now: neither holds state of a transaction that did not commit.
+//     Aborted: the overlays are dropped, and the session rewinds to the
+//     batch's first commands; they are decided again, deterministically.
+//     (The cache holds bytes, never a decoded state, so a domain function
+//     that changed a state in place cannot leave it in the cache.)
+//  6. Meanwhile, if the batch was a full poll (the worker is behind), the
+//     loop polls the next commands while the batch's records are flushed,
+//     and decides them (step 1) while the batch's transaction ends. The
+//     next batch begins once that end is known; if the transaction did not
+//     commit, the next batch, decided on state that never was, is dropped
+//     unproduced, and both batches' commands are polled again. Two things
+//     keep the offsets right: the session commits the offsets of every poll
+//     made before its End, so End waits for the poll beside it and the
+//     commit is pinned to the batch's own offsets (PreTxnCommitFnContext);
+//     and after an abort the session puts its position back to the offsets
+//     it last committed, which already include the polls made before that
+//     commit, so the worker sets it back to the first commands of the
+//     batches that did not commit. Under a lighter load a batch is not
+//     decided beside an end: it would hold only what came during the flush,
+//     and what came during the rest of the end would wait for one
+//     transaction more.
 //
 // # Recovery
 //
@@ -95,6 +114,8 @@
 //     restarted worker restores from its checkpoint.
 //   - Topics whose partition counts do not fit the app: Run refuses to start.
 //
-// A cancelled context (SIGTERM) finishes the batch in hand, commits it and
-// leaves the group.
+// A cancelled context (SIGTERM) finishes the batch whose transaction is
+// ending, commits it and leaves the group; a batch decided beside it but
+// not begun is dropped, and whoever owns its partitions next decides its
+// commands.
 package processor

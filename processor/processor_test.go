@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
@@ -108,12 +109,32 @@ func (e *env) check(m *model, want map[string]schemas.Reply, total int) {
 	}
 }
 
+// eachPollSize runs test with the default MaxPollRecords, under which a
+// test's worker is never behind by a full poll and decides each batch after
+// the one before has committed, and with polls of one command, with which
+// it is behind whenever two commands wait, and decides each batch while the
+// one before commits.
+func eachPollSize(t *testing.T, test func(t *testing.T, polls func(*Config))) {
+	for _, tc := range []struct {
+		name string
+		max  int
+	}{{"default polls", 0}, {"polls of one", 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			test(t, func(c *Config) { c.MaxPollRecords = tc.max })
+		})
+	}
+}
+
 func TestCommandsToRepliesEventsAndSnapshots(t *testing.T) {
+	eachPollSize(t, testCommandsToRepliesEventsAndSnapshots)
+}
+
+func testCommandsToRepliesEventsAndSnapshots(t *testing.T, polls func(*Config)) {
 	e := newEnv(t, 4)
 	m := newModel()
 	steps := script("a", 300, 20)
 	want := e.run(m, steps)
-	w := e.start(t.TempDir(), "w1")
+	w := e.start(t.TempDir(), "w1", polls)
 	e.check(m, want, len(steps))
 
 	// Every snapshot record decodes, and the latest one per aggregate is the
@@ -183,6 +204,10 @@ func TestRestartFromPebbleAndFromChangelog(t *testing.T) {
 // A transaction that fails leaves no trace (no reply, no event, Pebble
 // unchanged), and its commands are processed once when the fault clears.
 func TestFailedTransactionLeavesNoTrace(t *testing.T) {
+	eachPollSize(t, testFailedTransactionLeavesNoTrace)
+}
+
+func testFailedTransactionLeavesNoTrace(t *testing.T, polls func(*Config)) {
 	for _, tc := range []struct {
 		name  string
 		fault kfake.Fault
@@ -198,7 +223,7 @@ func TestFailedTransactionLeavesNoTrace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, 2)
 			m := newModel()
-			w := e.start(t.TempDir(), "w1")
+			w := e.start(t.TempDir(), "w1", polls)
 			open := []step{{id: "acc", cmdID: "open", cmd: accounts.OpenAccount{Owner: "ada"}}}
 			e.check(m, e.run(m, open), 1)
 			p := topology.Partition([]byte("acc"), e.agg.Partitions())
@@ -212,7 +237,10 @@ func TestFailedTransactionLeavesNoTrace(t *testing.T) {
 			for i := range 3 {
 				steps = append(steps, step{id: "acc", cmdID: fmt.Sprint("dep", i), cmd: accounts.Deposit{Amount: 5}})
 			}
-			want := e.run(m, steps[:1])
+			// Two wait while the transaction fails: with polls of one, the
+			// second is decided while the first one's transaction ends,
+			// on its state, and is dropped with it.
+			want := e.run(m, steps[:2])
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := h.Wait(ctx, 3); err != nil { // tried, aborted and redone, more than once
@@ -229,7 +257,7 @@ func TestFailedTransactionLeavesNoTrace(t *testing.T) {
 				t.Fatalf("Pebble changed by a failed transaction (err %v)", err)
 			}
 			// More commands for the same aggregate queue up behind it.
-			maps.Copy(want, e.run(m, steps[1:]))
+			maps.Copy(want, e.run(m, steps[2:]))
 			h.Remove()
 			e.check(m, want, 1+len(steps))
 			errIsNil(t, w.stop())
@@ -237,13 +265,60 @@ func TestFailedTransactionLeavesNoTrace(t *testing.T) {
 	}
 }
 
+// A worker behind by a full poll decides each batch while the transaction
+// of the one before ends. When that transaction does not commit, the batch
+// decided beside it, on its state, is dropped, and both are redone in
+// order from the first one's commands. The session itself puts its position
+// back to the offsets it last committed, which already include the polls
+// made before that commit: without the worker's own rewind, the command
+// decided beside the successful commit would be skipped.
+func TestBatchDecidedBesideAFailedCommit(t *testing.T) {
+	e := newEnv(t, 2)
+	m := newModel()
+	w := e.start(t.TempDir(), "w1", func(c *Config) { c.MaxPollRecords = 1 })
+	e.check(m, e.run(m, []step{{id: "acc", cmdID: "open", cmd: accounts.OpenAccount{Owner: "ada"}}}), 1)
+
+	// Offsets: the open 0, the deposits 1 to 4. The commit of the batch of
+	// the second deposit fails, once; the batch of the third one is being
+	// decided beside it.
+	h := e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration,
+		When: func(r kmsg.Request) bool {
+			for _, t := range r.(*kmsg.TxnOffsetCommitRequest).Topics {
+				for _, p := range t.Partitions {
+					if p.Offset == 3 {
+						return true
+					}
+				}
+			}
+			return false
+		}})
+	defer h.Remove()
+	want := map[string]schemas.Reply{}
+	var records []*kgo.Record
+	for i := range 4 { // in one produce, so that the worker polls them one by one, behind
+		s := step{id: "acc", cmdID: fmt.Sprint("dep", i), cmd: accounts.Deposit{Amount: 5}}
+		records = append(records, e.command(s.id, s.cmdID, s.cmd))
+		want[s.cmdID] = m.apply(s)
+	}
+	e.produce(records...)
+	e.check(m, want, 5)
+	if n := h.Hits(); n != 1 {
+		t.Fatalf("the fault hit %d commits, want 1", n)
+	}
+	errIsNil(t, w.stop())
+}
+
 // Two workers in one group split the partitions and together answer every
 // command once.
 func TestTwoWorkersSplitPartitions(t *testing.T) {
+	eachPollSize(t, testTwoWorkersSplitPartitions)
+}
+
+func testTwoWorkersSplitPartitions(t *testing.T, polls func(*Config)) {
 	e := newEnv(t, 8)
 	m := newModel()
-	w1 := e.start(t.TempDir(), "w1")
-	w2 := e.start(t.TempDir(), "w2")
+	w1 := e.start(t.TempDir(), "w1", polls)
+	w2 := e.start(t.TempDir(), "w2", polls)
 	steps := script("s", 400, 40)
 	want := e.run(m, steps)
 	e.check(m, want, len(steps))

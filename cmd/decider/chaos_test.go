@@ -354,10 +354,18 @@ func (c *chaos) startWorker() *proc {
 	return w
 }
 
+// workerArgs are the flags of worker name. Every other worker takes two
+// commands a poll, so that its polls are full whenever it is behind (after
+// a restart, a restore, a rebalance) and it decides each batch while the
+// one before commits; the others run with the default of 10000.
 func (c *chaos) workerArgs(name string) []string {
-	return []string{"run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
+	args := []string{"run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
 		"--partitions", strconv.Itoa(int(c.partitions)), "--instance", name,
 		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--rebalance-timeout", "5s", "--log-level", "info"}
+	if n, _ := strconv.Atoi(strings.TrimPrefix(name, "w")); n%2 == 0 {
+		args = append(args, "--max-poll-records", "2")
+	}
+	return args
 }
 
 // ensureWorkers restarts dead workers and starts new ones until n run.
