@@ -27,9 +27,9 @@ import (
 type batch struct {
 	w        *Worker
 	fetches  kgo.Fetches
-	prev     map[*assigned]*partBatch // the previous batch's partitions, while this one is decided; nil for none
-	produced sync.WaitGroup           // records whose promise has not run yet
-	promise  func(*kgo.Record, error) // b.written, made once
+	prev     map[*assigned][]*partBatch // the previous batch's shares of each partition, while this one is decided; nil for none
+	produced sync.WaitGroup             // records whose promise has not run yet
+	promise  func(*kgo.Record, error)   // b.written, made once
 
 	mu        sync.Mutex
 	err       error  // the first reason the transaction must abort
@@ -49,9 +49,9 @@ func newBatch(w *Worker, fetches kgo.Fetches, prev *batch) *batch {
 	b := &batch{w: w, fetches: fetches}
 	b.promise = b.written
 	if prev != nil {
-		b.prev = make(map[*assigned]*partBatch, len(prev.parts))
+		b.prev = make(map[*assigned][]*partBatch, len(prev.parts))
 		for _, pb := range prev.parts {
-			b.prev[pb.a] = pb
+			b.prev[pb.a] = append(b.prev[pb.a], pb)
 		}
 	}
 	return b
@@ -80,9 +80,11 @@ func (b *batch) abortReason() (string, error) {
 	return b.abortKind, b.err
 }
 
-// run decides the records of one partition, in offset order, once the
-// partition is restored.
-func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
+// run decides a share of the records of one partition (all of them, or
+// those of some of its aggregates, see shares), in offset order, once the
+// partition is restored. next is the partition's checkpoint, which all its
+// shares move on.
+func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition, next *atomic.Int64) {
 	a, ok := b.w.partition(ftp.Topic, ftp.Partition)
 	if !ok {
 		b.abort(abortRevoked, fmt.Errorf("%s/%d is no longer assigned", ftp.Topic, ftp.Partition))
@@ -97,7 +99,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 		b.abort(abortRevoked, fmt.Errorf("%s/%d: stopped while restoring: %w", ftp.Topic, ftp.Partition, ctx.Err()))
 		return
 	}
-	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get(), prev: b.prev[a]}
+	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get(), prev: b.prev[a], next: next}
 	pb.snapshotPromise, pb.began = pb.snapshotWritten, time.Now()
 	defer func() { pb.prev = nil }() // its arenas are reused once its transaction ended
 	b.mu.Lock()
@@ -125,13 +127,17 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition) {
 func (b *batch) apply() error {
 	var current []*partBatch
 	var commits []statestore.Commit
+	locked := map[partitionKey]bool{} // a partition's shares share its lock
 	for _, pb := range b.parts {
 		if pb.overlay.Len() == 0 {
 			continue
 		}
-		lock := b.w.lock(pb.a.key)
-		lock.Lock()
-		defer lock.Unlock()
+		if !locked[pb.a.key] {
+			locked[pb.a.key] = true
+			lock := b.w.lock(pb.a.key)
+			lock.Lock()
+			defer lock.Unlock()
+		}
 		if cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition); ok && cur == pb.a {
 			current = append(current, pb)
 			commits = append(commits, statestore.Commit{Overlay: pb.overlay, Next: pb.next.Load()})
@@ -216,12 +222,12 @@ type partBatch struct {
 	b       *batch
 	a       *assigned
 	overlay *statestore.Overlay
-	next    atomic.Int64 // changelog offset after this batch's last snapshot
-	tally   tally        // for the metrics, once committed
-	bodies  [][]byte     // scratch: the encoded dedupe window of the snapshot being written, in pieces
-	ar      *arena       // the records and bytes produced
-	cmd     command      // the command being handled
-	prev    *partBatch   // the partition's share of the previous batch, if its transaction was ending when this one began
+	next    *atomic.Int64 // changelog offset after the batch's last snapshot of the partition, shared by its shares
+	tally   tally         // for the metrics, once committed
+	bodies  [][]byte      // scratch: the encoded dedupe window of the snapshot being written, in pieces
+	ar      *arena        // the records and bytes produced
+	cmd     command       // the command being handled
+	prev    []*partBatch  // the partition's shares of the previous batch, if its transaction was ending when this one began
 
 	snapshotPromise func(*kgo.Record, error) // pb.snapshotWritten, made once
 	began           time.Time                // the timestamp of the records produced
@@ -284,8 +290,8 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	}
 	w := pb.b.w
 	agg := pb.a.agg
-	if pb.prev != nil {
-		if e, ok := pb.prev.overlay.Get(id); ok {
+	for _, prev := range pb.prev {
+		if e, ok := prev.overlay.Get(id); ok {
 			// Decoded again from a copy: the previous batch's arenas,
 			// which its state points into, are reused before this
 			// batch's overlay is done with.

@@ -11,7 +11,9 @@
 //
 //  1. Decide. For each partition in the poll, in parallel with the others
 //     (on the session's pool of goroutines, one per CPU), once the
-//     partition is restored: each command in offset order is read (headers,
+//     partition is restored (a partition holding much of a poll is decided
+//     in several shares, each with some of its aggregates, also in
+//     parallel): each command in offset order is read (headers,
 //     then payload), its aggregate's state is looked up — the batch's
 //     overlay, else the overlay of the batch before it if that one's
 //     transaction is still ending (step 6), else the cache of committed

@@ -308,6 +308,57 @@ func TestBatchDecidedBesideAFailedCommit(t *testing.T) {
 	errIsNil(t, w.stop())
 }
 
+// A poll of many commands of one partition is decided in shares, in
+// parallel: the replies and each aggregate's events are those of the
+// commands decided one by one, in order.
+func TestOnePartitionDecidedInShares(t *testing.T) {
+	e := newEnv(t, 1)
+	m := newModel()
+	steps := script("s", 3000, 101)
+	want := e.run(m, steps) // before the worker starts: its first polls hold thousands
+	w := e.start(t.TempDir(), "w1")
+	e.check(m, want, len(steps))
+	errIsNil(t, w.stop())
+}
+
+// shares keeps each aggregate's records in one share, in order, and splits
+// only what is worth it.
+func TestShares(t *testing.T) {
+	var records []*kgo.Record
+	for i := range 4000 {
+		records = append(records, &kgo.Record{Key: fmt.Appendf(nil, "acc-%d", i%300), Offset: int64(i)})
+	}
+	for _, tc := range []struct {
+		n, procs, total, want int
+	}{
+		{4000, 4, 4000, 4},  // one partition in the poll: a share per core
+		{4000, 4, 8000, 2},  // half the poll: half the cores
+		{4000, 1, 4000, 1},  // one core
+		{300, 4, 300, 1},    // too few to split
+		{600, 4, 600, 2},    // as many shares as minShare allows
+		{4000, 4, 40000, 1}, // a small part of the poll
+	} {
+		got := shares(records[:tc.n], tc.procs, tc.total)
+		if len(got) != tc.want {
+			t.Errorf("%d records of %d in the poll on %d cores: %d shares, want %d", tc.n, tc.total, tc.procs, len(got), tc.want)
+		}
+		share, last, n := map[string]int{}, map[string]int64{}, 0
+		for i, rs := range got {
+			for _, r := range rs {
+				k := string(r.Key)
+				if j, ok := share[k]; ok && (j != i || r.Offset <= last[k]) {
+					t.Fatalf("%s at offset %d: in share %d after share %d at %d", k, r.Offset, i, j, last[k])
+				}
+				share[k], last[k] = i, r.Offset
+				n++
+			}
+		}
+		if n != tc.n {
+			t.Errorf("shares hold %d records, want %d", n, tc.n)
+		}
+	}
+}
+
 // Two workers in one group split the partitions and together answer every
 // command once.
 func TestTwoWorkersSplitPartitions(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/deciderhq/decider/statestore"
@@ -395,20 +396,60 @@ func (w *Worker) observe(fetches kgo.Fetches) {
 func (w *Worker) decide(ctx context.Context, fetches kgo.Fetches, ending *batch) *batch {
 	w.at(AfterPoll)
 	b := newBatch(w, fetches, ending)
+	procs, total := runtime.GOMAXPROCS(0), fetches.NumRecords()
 	var wg sync.WaitGroup
 	fetches.EachPartition(func(ftp kgo.FetchTopicPartition) {
 		if len(ftp.Records) == 0 {
 			return
 		}
-		wg.Add(1)
-		w.deciders <- func() {
-			defer wg.Done()
-			b.run(ctx, ftp)
+		next := new(atomic.Int64)
+		for _, share := range shares(ftp.Records, procs, total) {
+			sub := ftp
+			sub.Records = share
+			wg.Add(1)
+			w.deciders <- func() {
+				defer wg.Done()
+				b.run(ctx, sub, next)
+			}
 		}
 	})
 	wg.Wait()
 	b.prev = nil
 	return b
+}
+
+// minShare is the fewest commands a partition's share of a batch is split
+// to: a share costs an overlay, an arena and a hand-off to the pool.
+const minShare = 256
+
+// shares splits the records of one partition, out of total in the poll,
+// into shares decided in parallel: a poll of the commands of one or two
+// partitions (as a worker that is behind polls them: a fetch holds up to a
+// megabyte of each) would otherwise be decided on one or two of procs
+// cores. Each aggregate's commands stay in one share, in offset order, so
+// that each aggregate's events keep their order; the events of different
+// aggregates of a partition can then be written in another order than
+// their commands', which nothing promises.
+func shares(records []*kgo.Record, procs, total int) [][]*kgo.Record {
+	k := min(len(records)/minShare, (len(records)*procs+total-1)/total)
+	if k <= 1 {
+		return [][]*kgo.Record{records}
+	}
+	out := make([][]*kgo.Record, k)
+	for i := range out {
+		out[i] = make([]*kgo.Record, 0, 2*len(records)/k)
+	}
+	for _, r := range records {
+		// FNV-1a: the partition is the key's murmur2 modulo the
+		// partition count, so murmur2 modulo k could be one value for
+		// every key of a partition.
+		h := uint32(2166136261)
+		for _, c := range r.Key {
+			h = (h ^ uint32(c)) * 16777619
+		}
+		out[h%uint32(k)] = append(out[h%uint32(k)], r)
+	}
+	return out
 }
 
 // pollBeside polls the next commands while b's records are flushed, and
