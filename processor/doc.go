@@ -43,22 +43,23 @@
 //     batch's first commands; they are decided again, deterministically.
 //     (The cache holds bytes, never a decoded state, so a domain function
 //     that changed a state in place cannot leave it in the cache.)
-//  6. Meanwhile, if the batch was a full poll (the worker is behind), the
-//     loop polls the next commands while the batch's records are flushed,
-//     and decides them (step 1) while the batch's transaction ends. The
-//     next batch begins once that end is known; if the transaction did not
-//     commit, the next batch, decided on state that never was, is dropped
-//     unproduced, and both batches' commands are polled again. Two things
-//     keep the offsets right: the session commits the offsets of every poll
-//     made before its End, so End waits for the poll beside it and the
-//     commit is pinned to the batch's own offsets (PreTxnCommitFnContext);
-//     and after an abort the session puts its position back to the offsets
-//     it last committed, which already include the polls made before that
-//     commit, so the worker sets it back to the first commands of the
-//     batches that did not commit. Under a lighter load a batch is not
-//     decided beside an end: it would hold only what came during the flush,
-//     and what came during the rest of the end would wait for one
-//     transaction more.
+//  6. Meanwhile the loop polls the next commands while the batch's records
+//     are flushed, as they come (franz-go sends a partition's next fetch
+//     only once its last one was polled). If they make a full poll (the
+//     worker is behind), it decides them (step 1) while the batch's
+//     transaction ends; else they wait for the end, and join what came
+//     meanwhile: a batch decided beside the end would hold only what came
+//     during the flush, and what came during the rest of the end would wait
+//     for one transaction more. The next batch begins once the end is
+//     known; if the transaction did not commit, what was polled beside it
+//     (decided, on state that never was, or not) is dropped unproduced, and
+//     the commands of both are polled again. Two things keep the offsets
+//     right: the session commits the offsets of every poll made before its
+//     End, so End waits for the polls beside it and the commit is pinned to
+//     the batch's own offsets (PreTxnCommitFnContext); and after an abort
+//     the session puts its position back to the offsets it last committed,
+//     which already include the polls made before that commit, so the
+//     worker sets it back to the first commands that did not commit.
 //
 // # Recovery
 //

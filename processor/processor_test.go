@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -308,6 +309,71 @@ func TestBatchDecidedBesideAFailedCommit(t *testing.T) {
 	errIsNil(t, w.stop())
 }
 
+// Commands polled while a transaction's records are flushed, too few to be
+// decided beside it, wait for its end and join the next batch; when that
+// end does not commit, they are dropped with it and polled again after its
+// commands, in order.
+func TestCommandsGatheredBesideAFailedCommit(t *testing.T) {
+	e := newEnv(t, 1)
+	m := newModel()
+	w := e.start(t.TempDir(), "w1")
+	e.check(m, e.run(m, []step{{id: "acc", cmdID: "open", cmd: accounts.OpenAccount{Owner: "ada"}}}), 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	topics, err := kadm.NewClient(e.cl).ListTopics(ctx, e.topics.Commands)
+	errIsNil(t, err)
+	commandsID := topics[e.topics.Commands].ID
+
+	// The transaction of the first deposit (offset 1) is held in its
+	// produce until the worker fetches from offset 5: it polled the other
+	// three deposits meanwhile. Then its offset commit fails.
+	holding, gathered := make(chan struct{}), make(chan struct{})
+	var held, fetched atomic.Bool
+	e.cluster.ControlKey(int16(kmsg.Fetch), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		for _, t := range r.(*kmsg.FetchRequest).Topics {
+			for _, p := range t.Partitions {
+				if (t.Topic == e.topics.Commands || t.TopicID == commandsID) && p.FetchOffset >= 5 && fetched.CompareAndSwap(false, true) {
+					close(gathered)
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	e.cluster.ControlKey(int16(kmsg.Produce), func(r kmsg.Request) (kmsg.Response, error, bool) {
+		if r.(*kmsg.ProduceRequest).TransactionID != nil && held.CompareAndSwap(false, true) {
+			close(holding)
+			e.cluster.SleepControl(func() { <-gathered })
+		}
+		return nil, nil, false
+	})
+	fail := e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration,
+		When: func(r kmsg.Request) bool {
+			for _, t := range r.(*kmsg.TxnOffsetCommitRequest).Topics {
+				for _, p := range t.Partitions {
+					if p.Offset == 2 {
+						return true
+					}
+				}
+			}
+			return false
+		}})
+	defer fail.Remove()
+	want := map[string]schemas.Reply{}
+	deposit := func(i int) *kgo.Record {
+		s := step{id: "acc", cmdID: fmt.Sprint("dep", i), cmd: accounts.Deposit{Amount: int64(i + 1)}}
+		want[s.cmdID] = m.apply(s)
+		return e.command(s.id, s.cmdID, s.cmd)
+	}
+	e.produce(deposit(0))
+	<-holding
+	e.produce(deposit(1), deposit(2), deposit(3))
+	e.check(m, want, 5)
+	if n := fail.Hits(); n != 1 {
+		t.Fatalf("the fault hit %d commits, want 1", n)
+	}
+	errIsNil(t, w.stop())
+}
+
 // A poll of many commands of one partition is decided in shares, in
 // parallel: the replies and each aggregate's events are those of the
 // commands decided one by one, in order.
@@ -319,6 +385,40 @@ func TestOnePartitionDecidedInShares(t *testing.T) {
 	w := e.start(t.TempDir(), "w1")
 	e.check(m, want, len(steps))
 	errIsNil(t, w.stop())
+}
+
+// mergeFetches gives each partition one entry, its records in the order
+// polled, and leaves out the error of a poll cut short.
+func TestMergeFetches(t *testing.T) {
+	rec := func(p int32, o int64) *kgo.Record { return &kgo.Record{Topic: "c", Partition: p, Offset: o} }
+	fetch := func(parts ...kgo.FetchPartition) kgo.Fetches {
+		return kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "c", Partitions: parts}}}}
+	}
+	a := fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 1), rec(0, 2)}}, kgo.FetchPartition{Partition: 1, Records: []*kgo.Record{rec(1, 7)}})
+	b := append(fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 3)}}, kgo.FetchPartition{Partition: 2, Records: []*kgo.Record{rec(2, 4)}}),
+		kgo.NewErrFetch(context.Canceled)...)
+	got := map[int32][]int64{}
+	entries := 0
+	merged := mergeFetches(a, b)
+	merged.EachPartition(func(p kgo.FetchTopicPartition) {
+		entries++
+		for _, r := range p.Records {
+			got[p.Partition] = append(got[p.Partition], r.Offset)
+		}
+	})
+	want := map[int32][]int64{0: {1, 2, 3}, 1: {7}, 2: {4}}
+	if !reflect.DeepEqual(got, want) || entries != 3 {
+		t.Errorf("merged into %d entries: %v, want 3: %v", entries, got, want)
+	}
+	if err := merged.Err(); err != nil {
+		t.Errorf("merged fetches hold %v", err)
+	}
+	if a[0].Topics[0].Partitions[0].Records[1].Offset != 2 || len(a[0].Topics[0].Partitions[0].Records) != 2 {
+		t.Error("merging changed the first poll's records")
+	}
+	if mergeFetches(nil, kgo.NewErrFetch(context.Canceled)) != nil {
+		t.Error("a poll cut short and nothing else merged into something")
+	}
 }
 
 // shares keeps each aggregate's records in one share, in order, and splits

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -38,9 +39,10 @@ type Config struct {
 	// Logger receives lifecycle events at info and per-command detail at
 	// debug. Default slog.Default().
 	Logger *slog.Logger
-	// MaxPollRecords bounds the commands of one transaction. A worker whose
-	// poll was full is behind, and decides the next batch while the last
-	// one's transaction ends (see the package doc). Default 10000.
+	// MaxPollRecords bounds the commands of one transaction. A worker that
+	// polls this many while the last batch's records are flushed is behind,
+	// and decides them while that transaction ends (see the package doc).
+	// Default 10000.
 	MaxPollRecords int
 	// MaxPayloadBytes is the largest command payload decided; larger ones
 	// are INVALID (too_large), and their dead-letter copy holds no payload.
@@ -298,27 +300,32 @@ func (w *Worker) session(ctx context.Context) error {
 // loop polls and decides batches until ctx is cancelled or the session
 // fails. While one batch's transaction ends (its records flushed, its
 // offsets committed, the commit applied to the store) in the background,
-// the next batch is polled and decided; it begins once that end is known.
+// the next commands are polled, and decided if they make a full poll; the
+// next batch begins once that end is known.
 func (w *Worker) loop(ctx context.Context) error {
 	var ending *batch // whose transaction is ending; nil for none
 	for {
-		// The next batch is decided beside an end only when the worker is
-		// behind: the ending batch was a full poll. Under a lighter load,
-		// a batch decided beside an end would hold only what came during
-		// its flush, and what comes during the rest of the end would wait
-		// for one transaction more (p50 at 10k commands/s: 3.1 → 4.0 ms).
-		if ending != nil && ending.fetches.NumRecords() < w.cfg.MaxPollRecords {
-			close(ending.polled)
-			if _, err := w.settle(ending, nil); err != nil {
-				return err
-			}
-			ending = nil
-		}
 		var fetches kgo.Fetches
 		if ending == nil {
 			fetches = w.sess.PollRecords(ctx, w.cfg.MaxPollRecords)
 		} else {
-			fetches = ending.pollBeside(w.sess, w.cfg.MaxPollRecords)
+			fetches = ending.gather(w.sess, w.cfg.MaxPollRecords)
+		}
+		// What was gathered beside an end is decided beside it only when
+		// it is a full poll: the worker is behind. Under a lighter load it
+		// waits for the end, and what came meanwhile joins it: a batch
+		// decided beside the end would hold only what came during the
+		// flush, and what came during the rest of the end would wait for
+		// one transaction more (p50 at 10k commands/s: 3.1 → 4.0 ms).
+		if ending != nil && fetches.NumRecords() < w.cfg.MaxPollRecords && ctx.Err() == nil {
+			if _, err := w.settle(ending, nil, fetches); err != nil {
+				return err
+			}
+			if !ending.committed {
+				fetches = nil // polled again, from the offsets rewound to
+			}
+			ending = nil
+			fetches = w.pollMore(ctx, fetches)
 		}
 		stopping := ctx.Err() != nil || fetches.IsClientClosed()
 		var b *batch
@@ -330,7 +337,7 @@ func (w *Worker) loop(ctx context.Context) error {
 		}
 		if ending != nil {
 			var err error
-			if b, err = w.settle(ending, b); err != nil {
+			if b, err = w.settle(ending, b, fetches); err != nil {
 				return err
 			}
 			ending = nil
@@ -357,11 +364,29 @@ func (w *Worker) loop(ctx context.Context) error {
 	}
 }
 
+// buffered is the nil context with which PollRecords returns what the
+// client has buffered, without waiting.
+var buffered context.Context
+
+// pollMore adds to fetches, the commands gathered beside an end that did
+// not make a full poll, what came since: what the client has buffered
+// (franz-go sends a partition's next fetch only once its last one was
+// polled, so that holds what came up to the last poll), or the next poll
+// if nothing was gathered.
+func (w *Worker) pollMore(ctx context.Context, fetches kgo.Fetches) kgo.Fetches {
+	n := fetches.NumRecords()
+	if n == 0 {
+		return w.sess.PollRecords(ctx, w.cfg.MaxPollRecords)
+	}
+	return mergeFetches(fetches, w.sess.PollRecords(buffered, w.cfg.MaxPollRecords-n))
+}
+
 // settle waits for the end of ending's transaction. next, the batch
-// decided beside it (or nil), is returned to go on with if ending
-// committed; else it is dropped, since it was decided on state that was
-// never committed, and both their commands are polled again.
-func (w *Worker) settle(ending, next *batch) (*batch, error) {
+// decided beside it (or nil) from the commands polled meanwhile, is
+// returned to go on with if ending committed; else it is dropped, since it
+// was decided on state that was never committed, and the commands of
+// ending and those polled beside it are polled again.
+func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, error) {
 	<-ending.done
 	ending.release() // after next, which read its overlays, was decided
 	if ending.endErr != nil {
@@ -369,7 +394,7 @@ func (w *Worker) settle(ending, next *batch) (*batch, error) {
 		return nil, ending.endErr
 	}
 	if !ending.committed {
-		w.rewind(ending, next)
+		w.rewind(ending.fetches, polled)
 		next.release()
 		return nil, nil
 	}
@@ -462,15 +487,63 @@ func shares(records []*kgo.Record, procs, total int) [][]*kgo.Record {
 	return out
 }
 
-// pollBeside polls the next commands while b's records are flushed, and
-// returns once some came or b's records are all written. The session's End
-// commits the offsets of every poll made before it, and puts the
-// session's position back to them after: a poll during End would be
-// polled again. So End waits for this poll, and b's End commits only its
-// own offsets (pinOffsets).
-func (b *batch) pollBeside(sess *kgo.GroupTransactSession, max int) kgo.Fetches {
+// gather polls the next commands while b's records are flushed, until
+// they are all written or max commands came, and returns what came. The
+// session's End commits the offsets of every poll made before it, and puts
+// the session's position back to them after: a poll during End would be
+// polled again. So End waits for gather, and b's End commits only its own
+// offsets (pinOffsets).
+func (b *batch) gather(sess *kgo.GroupTransactSession, max int) kgo.Fetches {
 	defer close(b.polled)
-	return sess.PollRecords(b.pollCtx, max)
+	var got kgo.Fetches
+	for n := 0; n < max && b.pollCtx.Err() == nil; n = got.NumRecords() {
+		got = mergeFetches(got, sess.PollRecords(b.pollCtx, max-n))
+	}
+	return got
+}
+
+// mergeFetches returns the fetches of a and then b with one entry per
+// partition, its records in the order polled, so that a partition is
+// decided in one piece. The error of a poll cut short by its context is
+// left out.
+func mergeFetches(a, b kgo.Fetches) kgo.Fetches {
+	type key struct {
+		topic     string
+		partition int32
+	}
+	var out kgo.Fetch
+	topics := map[string]int{}
+	parts := map[key]int{}
+	for _, fs := range [2]kgo.Fetches{a, b} {
+		fs.EachTopic(func(t kgo.FetchTopic) {
+			for _, p := range t.Partitions {
+				if len(p.Records) == 0 && (errors.Is(p.Err, context.Canceled) || errors.Is(p.Err, context.DeadlineExceeded)) {
+					continue
+				}
+				ti, ok := topics[t.Topic]
+				if !ok {
+					ti = len(out.Topics)
+					topics[t.Topic] = ti
+					out.Topics = append(out.Topics, kgo.FetchTopic{Topic: t.Topic, TopicID: t.TopicID})
+				}
+				k := key{t.Topic, p.Partition}
+				pi, ok := parts[k]
+				if !ok {
+					parts[k] = len(out.Topics[ti].Partitions)
+					out.Topics[ti].Partitions = append(out.Topics[ti].Partitions, p)
+					continue
+				}
+				q := &out.Topics[ti].Partitions[pi]
+				q.Records = append(q.Records[:len(q.Records):len(q.Records)], p.Records...)
+				q.HighWatermark, q.LastStableOffset, q.LogStartOffset = p.HighWatermark, p.LastStableOffset, p.LogStartOffset
+				q.Err = cmp.Or(p.Err, q.Err)
+			}
+		})
+	}
+	if len(out.Topics) == 0 {
+		return nil
+	}
+	return kgo.Fetches{out}
 }
 
 // end ends b's transaction: it produces b's records, waits for them, and
@@ -591,17 +664,14 @@ func (b *batch) pinOffsets(req *kmsg.TxnOffsetCommitRequest) error {
 }
 
 // rewind sets the session's position back to the first commands of
-// batches that did not commit, the earliest batch first. (The session puts
+// polls that did not commit, the earliest poll first. (The session puts
 // it back to the offsets it last committed, which include the polls made
-// before that commit: the batch that did not commit, and the one decided
-// beside it.)
-func (w *Worker) rewind(batches ...*batch) {
+// before that commit: the batch that did not commit, and the commands
+// polled beside it.)
+func (w *Worker) rewind(polls ...kgo.Fetches) {
 	to := map[string]map[int32]kgo.EpochOffset{}
-	for _, b := range batches {
-		if b == nil {
-			continue
-		}
-		b.fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+	for _, fetches := range polls {
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
 			if len(p.Records) == 0 {
 				return
 			}
