@@ -59,7 +59,10 @@
 //     the batch's own offsets (PreTxnCommitFnContext); and after an abort
 //     the session puts its position back to the offsets it last committed,
 //     which already include the polls made before that commit, so the
-//     worker sets it back to the first commands that did not commit.
+//     worker sets it back to the first commands that did not commit. A
+//     batch decided beside an End during which one of its partitions was
+//     revoked is dropped the same way even when that End committed: the
+//     End clears the session's mark that would abort the next transaction.
 //
 // # Recovery
 //

@@ -387,15 +387,36 @@ func TestOnePartitionDecidedInShares(t *testing.T) {
 	errIsNil(t, w.stop())
 }
 
+// A batch decided in an assignment of a partition that was revoked since,
+// or revoked and assigned again, is not owned: settle drops it.
+func TestBatchOwned(t *testing.T) {
+	a := &assigned{key: partitionKey{"bank.account.commands", 3}}
+	w := &Worker{parts: map[partitionKey]*assigned{a.key: a}}
+	b := &batch{w: w, parts: []*partBatch{{a: a}, {a: a}}}
+	if !b.owned() {
+		t.Error("a batch of the current assignment is not owned")
+	}
+	w.parts[a.key] = &assigned{key: a.key}
+	if b.owned() {
+		t.Error("a batch of an assignment since replaced is owned")
+	}
+	delete(w.parts, a.key)
+	if b.owned() {
+		t.Error("a batch of a revoked partition is owned")
+	}
+}
+
 // mergeFetches gives each partition one entry, its records in the order
-// polled, and leaves out the error of a poll cut short.
+// polled, keeps the errors of a fetch without the watermarks it does not
+// carry, and leaves out the error of a poll cut short.
 func TestMergeFetches(t *testing.T) {
 	rec := func(p int32, o int64) *kgo.Record { return &kgo.Record{Topic: "c", Partition: p, Offset: o} }
 	fetch := func(parts ...kgo.FetchPartition) kgo.Fetches {
 		return kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "c", Partitions: parts}}}}
 	}
-	a := fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 1), rec(0, 2)}}, kgo.FetchPartition{Partition: 1, Records: []*kgo.Record{rec(1, 7)}})
-	b := append(fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 3)}}, kgo.FetchPartition{Partition: 2, Records: []*kgo.Record{rec(2, 4)}}),
+	a := fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 1), rec(0, 2)}}, kgo.FetchPartition{Partition: 1, HighWatermark: 8, Records: []*kgo.Record{rec(1, 7)}})
+	b := append(fetch(kgo.FetchPartition{Partition: 0, Records: []*kgo.Record{rec(0, 3)}}, kgo.FetchPartition{Partition: 2, Records: []*kgo.Record{rec(2, 4)}},
+		kgo.FetchPartition{Partition: 1, HighWatermark: -1, Err: kerr.NotLeaderForPartition}),
 		kgo.NewErrFetch(context.Canceled)...)
 	got := map[int32][]int64{}
 	entries := 0
@@ -410,9 +431,14 @@ func TestMergeFetches(t *testing.T) {
 	if !reflect.DeepEqual(got, want) || entries != 3 {
 		t.Errorf("merged into %d entries: %v, want 3: %v", entries, got, want)
 	}
-	if err := merged.Err(); err != nil {
-		t.Errorf("merged fetches hold %v", err)
-	}
+	merged.EachPartition(func(p kgo.FetchTopicPartition) {
+		switch {
+		case p.Partition == 1 && (p.HighWatermark != 8 || !errors.Is(p.Err, kerr.NotLeaderForPartition)):
+			t.Errorf("partition 1 merged with an entry of errors only: high watermark %d, error %v; want 8 and its error", p.HighWatermark, p.Err)
+		case p.Partition != 1 && p.Err != nil:
+			t.Errorf("partition %d holds %v", p.Partition, p.Err)
+		}
+	})
 	if a[0].Topics[0].Partitions[0].Records[1].Offset != 2 || len(a[0].Topics[0].Partitions[0].Records) != 2 {
 		t.Error("merging changed the first poll's records")
 	}

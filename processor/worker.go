@@ -398,7 +398,29 @@ func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, error)
 		next.release()
 		return nil, nil
 	}
+	if next != nil && !next.owned() {
+		// A partition of next was revoked while it was decided, during
+		// ending's End: the session's flag that would abort next's
+		// transaction was cleared by that End (franz-go resets it once an
+		// End is over), so next is dropped here, and its commands of the
+		// partitions still owned polled again.
+		w.log.Info("dropping a batch decided beside a revoke")
+		w.rewind(polled)
+		next.release()
+		return nil, nil
+	}
 	return next, nil
+}
+
+// owned reports whether every partition b decided is still the worker's,
+// in the assignment b decided it in.
+func (b *batch) owned() bool {
+	for _, pb := range b.parts {
+		if cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition); !ok || cur != pb.a {
+			return false
+		}
+	}
+	return true
 }
 
 // observe logs a poll's fetch errors and records its partitions' lag.
@@ -496,8 +518,12 @@ func shares(records []*kgo.Record, procs, total int) [][]*kgo.Record {
 func (b *batch) gather(sess *kgo.GroupTransactSession, max int) kgo.Fetches {
 	defer close(b.polled)
 	var got kgo.Fetches
-	for n := 0; n < max && b.pollCtx.Err() == nil; n = got.NumRecords() {
-		got = mergeFetches(got, sess.PollRecords(b.pollCtx, max-n))
+	for n := 0; n < max; n = got.NumRecords() {
+		polled := sess.PollRecords(b.pollCtx, max-n)
+		got = mergeFetches(got, polled)
+		if polled.NumRecords() == 0 { // cut short, or errors only
+			break
+		}
 	}
 	return got
 }
@@ -534,8 +560,10 @@ func mergeFetches(a, b kgo.Fetches) kgo.Fetches {
 					continue
 				}
 				q := &out.Topics[ti].Partitions[pi]
-				q.Records = append(q.Records[:len(q.Records):len(q.Records)], p.Records...)
-				q.HighWatermark, q.LastStableOffset, q.LogStartOffset = p.HighWatermark, p.LastStableOffset, p.LogStartOffset
+				if len(p.Records) > 0 { // an entry of errors only carries no watermarks
+					q.Records = append(q.Records[:len(q.Records):len(q.Records)], p.Records...)
+					q.HighWatermark, q.LastStableOffset, q.LogStartOffset = p.HighWatermark, p.LastStableOffset, p.LogStartOffset
+				}
 				q.Err = cmp.Or(p.Err, q.Err)
 			}
 		})
