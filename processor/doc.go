@@ -6,10 +6,11 @@
 //
 // A Worker runs franz-go's GroupTransactSession with the transactional id
 // "<app>-<instance>" (stable across restarts: a restarted instance fences its
-// former self). Each poll (at most MaxPollRecords commands) is one
-// transaction:
+// former self). Each batch (at most MaxPollRecords commands, from one poll
+// or from the polls made while the transaction before it ended, step 6) is
+// one transaction:
 //
-//  1. Decide. For each partition in the poll, in parallel with the others
+//  1. Decide. For each partition in the batch, in parallel with the others
 //     (on the session's pool of goroutines, one per CPU), once the
 //     partition is restored (a partition holding much of a poll is decided
 //     in several shares, each with some of its aggregates, also in

@@ -110,7 +110,7 @@ func (w *Worker) at(p Point) {
 
 // Worker is one member of an app's consumer group: it owns some partitions
 // of the commands topics and turns their commands into events, snapshots
-// and replies, one Kafka transaction per poll.
+// and replies, one Kafka transaction per batch of commands polled.
 type Worker struct {
 	cfg     Config
 	log     *slog.Logger
