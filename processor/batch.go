@@ -146,6 +146,9 @@ func (b *batch) apply() error {
 	if len(commits) == 0 {
 		return nil
 	}
+	for _, pb := range current { // before the write: the filter never lacks an id the store holds
+		pb.overlay.Each(func(id string, _ statestore.Entry) { pb.a.ids.add(id) })
+	}
 	if err := b.w.cfg.Store.Apply(commits...); err != nil {
 		return err
 	}
@@ -303,6 +306,9 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 		return decodeSnapshot(agg, v)
 	}
 	w.metrics.cacheMisses.Inc()
+	if pb.a.ids.absent(id) {
+		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
+	}
 	v, err := w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
 	if errors.Is(err, statestore.ErrNotFound) {
 		return &aggState{state: agg.Initial(), commandOffset: -1}, nil

@@ -161,3 +161,39 @@ func BenchmarkStateCache(b *testing.B) {
 		i++
 	}
 }
+
+// The id filter never says absent of an id added to it, says nothing until
+// complete, and then says absent of most ids never added.
+func TestIDFilter(t *testing.T) {
+	f := newIDFilter(8 << 10)
+	for i := range 8000 {
+		if i%2 == 0 {
+			f.add(fmt.Sprint("acc-", i))
+		} else {
+			f.addBytes(fmt.Append(nil, "acc-", i))
+		}
+	}
+	if f.absent("acc-1") || f.absent("never") {
+		t.Fatal("an incomplete filter answered")
+	}
+	f.complete.Store(true)
+	for i := range 8000 {
+		if f.absent(fmt.Sprint("acc-", i)) {
+			t.Fatalf("acc-%d, added, is absent", i)
+		}
+	}
+	absent := 0
+	for i := range 10000 {
+		if f.absent(fmt.Sprint("new-", i)) {
+			absent++
+		}
+	}
+	if absent < 9000 { // 8 bits an id, 4 probes: 2.4% answer maybe
+		t.Errorf("%d of 10000 ids never added are absent, want most", absent)
+	}
+	var none *idFilter
+	none.add("acc-1")
+	if none.absent("acc-1") || newIDFilter(-1) != nil {
+		t.Error("no filter answered")
+	}
+}

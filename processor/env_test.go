@@ -74,6 +74,31 @@ type running struct {
 	done   chan error
 }
 
+// waitIDFilters waits until the worker owns n partitions and the id filter
+// of each answers.
+func (r *running) waitIDFilters(t testing.TB, n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		r.w.mu.Lock()
+		complete := 0
+		for _, a := range r.w.parts {
+			if a.ids.complete.Load() {
+				complete++
+			}
+		}
+		owned := len(r.w.parts)
+		r.w.mu.Unlock()
+		if owned == n && complete == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d partitions' id filters complete after a minute (%d owned)", complete, n, owned)
+		}
+		time.Sleep(5 * time.Millisecond) // the filters are filled in the background: nothing to wait on
+	}
+}
+
 // start runs a worker with its state in dir.
 func (e *env) start(dir, instance string, configure ...func(*Config)) *running {
 	e.t.Helper()

@@ -31,6 +31,7 @@ type assigned struct {
 	ctx    context.Context // cancelled on revoke
 	cancel context.CancelFunc
 	ready  chan struct{} // closed when the restore is done
+	ids    *idFilter     // of the ids the store holds for the partition; nil for none
 
 	decideTime prometheus.Observer // decider_decide_duration_seconds of the type
 }
@@ -42,11 +43,31 @@ func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *a
 		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
 		sourceValue: []byte(w.cfg.App.Source(agg)), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
 		decideTime: w.metrics.decide.WithLabelValues(agg.Name()), gen: assignments.Add(1),
+		ids: newIDFilter(w.cfg.IDFilterBytes),
 	}
 }
 
 // assignments counts the assignments made by the process.
 var assignments atomic.Uint64
+
+// fillIDs adds the id of every snapshot the store holds for the partition
+// to its filter, which then answers: the ids written meanwhile were added
+// before their write. Until then, and if the scan fails, every lookup that
+// misses the cache reads the store.
+func (a *assigned) fillIDs(log *slog.Logger) {
+	if a.ids == nil {
+		return
+	}
+	began := time.Now()
+	if err := a.w.cfg.Store.EachID(a.ctx, a.agg.Name(), a.key.partition, a.ids.addBytes); err != nil {
+		if a.ctx.Err() == nil {
+			log.Warn("id filter not filled: lookups read the store", "err", err)
+		}
+		return
+	}
+	a.ids.complete.Store(true)
+	log.Debug("id filter filled", "took", time.Since(began))
+}
 
 // restore catches the partition's local state up with its changelog,
 // retrying with backoff until it succeeds or the partition is revoked.
@@ -65,6 +86,7 @@ func (a *assigned) restore() {
 			close(a.ready)
 			a.w.wrote()
 			a.resume()
+			a.fillIDs(log)
 			return
 		}
 		if a.ctx.Err() != nil {

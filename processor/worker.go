@@ -61,6 +61,14 @@ type Config struct {
 	// sixteenth of it, or than 4 MiB, is not cached. Default 64 MiB;
 	// negative disables it.
 	StateCacheBytes int64
+	// IDFilterBytes is the size of the Bloom filter of the aggregate ids
+	// each assigned partition holds in the store, filled after its restore,
+	// with which the first command of a new aggregate does not look it up
+	// in Pebble (every memtable and level, to find nothing). Its memory is
+	// this times the partitions owned, whatever the number of aggregates:
+	// with more than IDFilterBytes ids in a partition it skips fewer
+	// lookups. Default 256 KiB; negative disables it.
+	IDFilterBytes int
 	// DedupeWindow is how many recent replies each aggregate's snapshot
 	// keeps: a command id seen again within them gets its first reply again
 	// and writes nothing. Default 32; negative disables it.
@@ -167,6 +175,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.StateCacheBytes == 0 {
 		cfg.StateCacheBytes = 64 << 20
+	}
+	if cfg.IDFilterBytes == 0 {
+		cfg.IDFilterBytes = 256 << 10
 	}
 	if cfg.DedupeWindow == 0 {
 		cfg.DedupeWindow = 32

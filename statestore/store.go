@@ -1,6 +1,8 @@
 package statestore
 
 import (
+	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -251,6 +253,29 @@ func (s *Store) Drop(typ string, p int32) error {
 		return fmt.Errorf("drop %s/%d: %w", typ, p, err)
 	}
 	return nil
+}
+
+// EachID calls fn with the id of every snapshot stored for partition p of
+// typ, in key order, until ctx is cancelled. The id is valid only during
+// the call.
+func (s *Store) EachID(ctx context.Context, typ string, p int32, fn func(id []byte)) error {
+	lower := partitionPrefix('s', typ, p)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: partitionPrefix('s', typ, p+1)})
+	if err != nil {
+		return fmt.Errorf("ids of %s/%d: %w", typ, p, err)
+	}
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		if n++; n%4096 == 0 && ctx.Err() != nil {
+			break
+		}
+		fn(it.Key()[len(lower):])
+	}
+	if err := cmp.Or(ctx.Err(), it.Error()); err != nil {
+		_ = it.Close()
+		return fmt.Errorf("ids of %s/%d: %w", typ, p, err)
+	}
+	return it.Close()
 }
 
 // Count returns the number of snapshots stored for partition p of typ.

@@ -2,7 +2,9 @@ package statestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -303,5 +305,36 @@ func TestOverlayOrder(t *testing.T) {
 	o.Reset()
 	if _, ok := o.Get("b"); ok || o.Len() != 0 {
 		t.Error("an entry outlived Reset")
+	}
+}
+
+// EachID gives the ids of one partition's snapshots, and stops when its
+// context ends.
+func TestEachID(t *testing.T) {
+	s, err := Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for p, ids := range [][]string{{"a", "b"}, {"c", "d", "e"}} {
+		o := NewOverlay("account", int32(p), 0)
+		for _, id := range ids {
+			o.Put(id, Entry{Value: []byte("v-" + id)})
+		}
+		if err := s.Apply(Commit{Overlay: o, Next: 10}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	if err := s.EachID(context.Background(), "account", 1, func(id []byte) { got = append(got, string(id)) }); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"c", "d", "e"}) {
+		t.Errorf("ids of partition 1: %q, want c d e", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.EachID(ctx, "account", 1, func([]byte) {}); !errors.Is(err, context.Canceled) {
+		t.Errorf("EachID with its context ended: %v, want %v", err, context.Canceled)
 	}
 }
