@@ -303,17 +303,7 @@ func TestBatchDecidedBesideAFailedCommit(t *testing.T) {
 	// Offsets: the open 0, the deposits 1 to 4. The commit of the batch of
 	// the second deposit fails, once; the batch of the third one is being
 	// decided beside it.
-	h := e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration,
-		When: func(r kmsg.Request) bool {
-			for _, t := range r.(*kmsg.TxnOffsetCommitRequest).Topics {
-				for _, p := range t.Partitions {
-					if p.Offset == 3 {
-						return true
-					}
-				}
-			}
-			return false
-		}})
+	h := e.failCommitAt(3)
 	defer h.Remove()
 	want := map[string]schemas.Reply{}
 	var records []*kgo.Record
@@ -367,17 +357,7 @@ func TestCommandsGatheredBesideAFailedCommit(t *testing.T) {
 		}
 		return nil, nil, false
 	})
-	fail := e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration,
-		When: func(r kmsg.Request) bool {
-			for _, t := range r.(*kmsg.TxnOffsetCommitRequest).Topics {
-				for _, p := range t.Partitions {
-					if p.Offset == 2 {
-						return true
-					}
-				}
-			}
-			return false
-		}})
+	fail := e.failCommitAt(2)
 	defer fail.Remove()
 	want := map[string]schemas.Reply{}
 	deposit := func(i int) *kgo.Record {
@@ -393,6 +373,22 @@ func TestCommandsGatheredBesideAFailedCommit(t *testing.T) {
 		t.Fatalf("the fault hit %d commits, want 1", n)
 	}
 	errIsNil(t, w.stop())
+}
+
+// failCommitAt fails, once, the offset commit of the transaction whose
+// commands end before offset next.
+func (e *env) failCommitAt(next int64) *kfake.FaultHandle {
+	return e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.IllegalGeneration,
+		When: func(r kmsg.Request) bool {
+			for _, t := range r.(*kmsg.TxnOffsetCommitRequest).Topics {
+				for _, p := range t.Partitions {
+					if p.Offset == next {
+						return true
+					}
+				}
+			}
+			return false
+		}})
 }
 
 // A poll of many commands of one partition is decided in shares, in

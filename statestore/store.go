@@ -280,15 +280,9 @@ func (s *Store) EachID(ctx context.Context, typ string, p int32, fn func(id []by
 
 // Count returns the number of snapshots stored for partition p of typ.
 func (s *Store) Count(typ string, p int32) (int, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: partitionPrefix('s', typ, p), UpperBound: partitionPrefix('s', typ, p+1)})
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for it.First(); it.Valid(); it.Next() {
-		n++
-	}
-	return n, it.Close()
+	err := s.EachID(context.Background(), typ, p, func([]byte) { n++ })
+	return n, err
 }
 
 // quietLogger drops Pebble's informational logs; errors surface as returned
