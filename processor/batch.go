@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -116,48 +117,45 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition, next *atom
 	}
 }
 
-// apply writes the committed overlays to the store, in one Pebble batch,
-// and puts their aggregates in the state cache. A partition that was
-// revoked (and maybe reassigned) since the batch began is skipped: its next
-// restore reads these committed snapshots from the changelog. Each
-// partition's lock is held until the write is done, so that no restore of
-// it runs meanwhile. (Only this loop takes more than one lock, one batch
-// at a time, and a restore waits for nothing this holds: no lock order is
-// needed.)
+// apply puts the committed overlays in the state cache, which writes them
+// to the store later (see checkpoints), and writes to the store what the
+// cache does not hold or lets go of meanwhile. A partition that was revoked
+// (and maybe reassigned) since the batch began is skipped: its next restore
+// reads these committed snapshots from the changelog.
 func (b *batch) apply() error {
+	w := b.w
+	s := w.newStoreWrite(0)
+	defer s.close()
 	var current []*partBatch
-	var commits []statestore.Commit
-	locked := map[partitionKey]bool{} // a partition's shares share its lock
+	var written []*assigned
 	for _, pb := range b.parts {
-		if pb.overlay.Len() == 0 {
-			continue
-		}
-		if !locked[pb.a.key] {
-			locked[pb.a.key] = true
-			lock := b.w.lock(pb.a.key)
-			lock.Lock()
-			defer lock.Unlock()
-		}
-		if cur, ok := b.w.partition(pb.a.key.topic, pb.a.key.partition); ok && cur == pb.a {
+		if pb.overlay.Len() > 0 && s.own(pb.a) {
 			current = append(current, pb)
-			commits = append(commits, statestore.Commit{Overlay: pb.overlay, Next: pb.next.Load()})
 		}
 	}
-	if len(commits) == 0 {
-		return nil
-	}
-	for _, pb := range current { // before the write: the filter never lacks an id the store holds
+	put := 0
+	for _, pb := range current { // before any write: the filter never lacks an id the store holds
 		pb.overlay.Each(func(id string, _ statestore.Entry) { pb.a.ids.add(id) })
-	}
-	if err := b.w.cfg.Store.Apply(commits...); err != nil {
-		return err
 	}
 	for _, pb := range current {
 		pb.overlay.Each(func(id string, e statestore.Entry) {
-			b.w.cache.put(pb.a, id, e.Value)
+			put += len(e.Value)
+			if !w.cache.put(pb.a, id, e.Value, s.spill) {
+				s.snapshot(pb.a, id, e.Value)
+			}
 		})
+		if next := pb.next.Load(); next > pb.a.committed {
+			pb.a.committed = next
+		}
+		if !slices.Contains(written, pb.a) {
+			written = append(written, pb.a)
+		}
 	}
-	return nil
+	if len(current) == 0 {
+		return nil
+	}
+	w.checkpoints.sweep(s, put, written)
+	return s.commit()
 }
 
 // release gives the batch's arenas back for the next batches. Call it

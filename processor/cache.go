@@ -3,6 +3,7 @@ package processor
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"math"
 	"sync"
 )
 
@@ -11,6 +12,14 @@ import (
 // no Pebble read (Kafka Streams keeps a record cache in front of its stores
 // for the same reason). It is bounded by the bytes it holds
 // (Config.StateCacheBytes).
+//
+// It is a write-back cache: a committed snapshot is put here, dirty, and
+// reaches Pebble later, once, whatever number of transactions changed its
+// aggregate meanwhile — when its segment of the ring is evicted, or when a
+// sweep (see sweep) comes by it. Until then the cache is the only local copy
+// of that snapshot (the changelog holds it too), so a dirty entry is never
+// dropped without being handed to spill, unless its assignment is over. How
+// the store's checkpoints follow is told in checkpoints.go.
 //
 // It holds encoded snapshots, not decoded states, in a ring of byte
 // segments indexed by a map of integers: nothing in it has a pointer, so
@@ -42,12 +51,18 @@ type stateCache struct {
 	cur   int               // the segment being written
 	size  int               // of a segment: the largest entry cached
 	bytes int64             // of the entries the index points to
+
+	sweepSeg, sweepOff int // where the next sweep goes on: segment and offset
 }
+
+// spillFunc writes a dirty snapshot that leaves the cache, of aggregate id
+// of assignment gen, to the store. v is valid only during the call.
+type spillFunc func(gen uint64, id string, v []byte)
 
 // An entry is a header, the aggregate id and room for the snapshot. The
 // header: the key's hash, the assignment, the id's length, the snapshot's
-// length, the room's.
-const entryHeader = 8 + 8 + 4 + 4 + 4
+// length, the room's, and whether it is dirty (not in the store yet).
+const entryHeader = 8 + 8 + 4 + 4 + 4 + 4
 
 // maxSegment bounds a segment; a cache is cut into at least 16. A
 // snapshot larger than a segment is not cached.
@@ -67,6 +82,25 @@ func (c *stateCache) hash(a *assigned, id string) uint64 {
 	return maphash.String(c.seed, id) ^ a.gen*0x9e3779b97f4a7c15
 }
 
+// entry is the entry at a position of the index.
+func (c *stateCache) entry(pos uint64) []byte { return c.segs[pos>>32][uint32(pos):] }
+
+func entryGen(e []byte) uint64 { return binary.LittleEndian.Uint64(e[8:]) }
+func entryID(e []byte) []byte {
+	return e[entryHeader : entryHeader+int(binary.LittleEndian.Uint32(e[16:]))]
+}
+func entryValue(e []byte) []byte {
+	return e[entryHeader+int(binary.LittleEndian.Uint32(e[16:])):][:binary.LittleEndian.Uint32(e[20:])]
+}
+func entryDirty(e []byte) bool { return binary.LittleEndian.Uint32(e[28:]) != 0 }
+func setEntryDirty(e []byte, dirty bool) {
+	var d uint32
+	if dirty {
+		d = 1
+	}
+	binary.LittleEndian.PutUint32(e[28:], d)
+}
+
 // get returns a copy of the aggregate's cached snapshot, if any, in room
 // for n bytes that buf returns.
 func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte, bool) {
@@ -80,48 +114,52 @@ func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte
 	if !ok {
 		return nil, false
 	}
-	e := c.segs[pos>>32][uint32(pos):]
-	gen, idLen, n := binary.LittleEndian.Uint64(e[8:]), int(binary.LittleEndian.Uint32(e[16:])), int(binary.LittleEndian.Uint32(e[20:]))
-	if gen != a.gen || string(e[entryHeader:entryHeader+idLen]) != id {
+	e := c.entry(pos)
+	if entryGen(e) != a.gen || string(entryID(e)) != id {
 		return nil, false // another key of the same hash
 	}
-	v := e[entryHeader+idLen:][:n]
-	return append(buf(n), v...), true
+	v := entryValue(e)
+	return append(buf(len(v)), v...), true
 }
 
-// put caches a committed aggregate's snapshot v (copied). One too big to
-// cache replaces nothing: its older entry is dropped.
-func (c *stateCache) put(a *assigned, id string, v []byte) {
+// put caches a committed aggregate's snapshot v (copied), dirty. It
+// reports false when it did not cache it (the cache is off, or v is too
+// big for it): the caller writes v to the store itself. The dirty entries
+// put drops (those of an evicted segment, or one of the same hash) go to
+// spill first.
+func (c *stateCache) put(a *assigned, id string, v []byte, spill spillFunc) bool {
 	if c.nsegs == 0 {
-		return
+		return false
 	}
 	h := c.hash(a, id)
 	room := len(v)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if pos, ok := c.index[h]; ok {
-		e := c.segs[pos>>32][uint32(pos):]
-		idLen := int(binary.LittleEndian.Uint32(e[16:]))
-		if binary.LittleEndian.Uint64(e[8:]) == a.gen && string(e[entryHeader:entryHeader+idLen]) == id &&
-			int(binary.LittleEndian.Uint32(e[24:])) >= len(v) {
+		e := c.entry(pos)
+		same := entryGen(e) == a.gen && string(entryID(e)) == id
+		if same && int(binary.LittleEndian.Uint32(e[24:])) >= len(v) {
 			binary.LittleEndian.PutUint32(e[20:], uint32(len(v)))
-			copy(e[entryHeader+idLen:], v)
-			return
+			copy(e[entryHeader+len(id):], v)
+			setEntryDirty(e, true)
+			return true
 		}
-		delete(c.index, h)
-		c.bytes -= int64(entrySize(e))
+		if !same { // another key of the same hash: it must reach the store
+			c.spill(e, spill)
+		}
+		c.drop(h, e)
 		room += len(v) / 4 // it grew: room for it to grow again
 	}
 	n := min(entryHeader+len(id)+room, c.size)
 	if room = n - entryHeader - len(id); room < len(v) {
-		return
+		return false
 	}
 	if len(c.segs[c.cur])+n > c.size {
 		c.cur = (c.cur + 1) % c.nsegs
 		if c.cur == len(c.segs) {
 			c.segs = append(c.segs, nil)
 		} else {
-			c.evict(c.cur)
+			c.evict(c.cur, spill)
 		}
 	}
 	seg := c.segs[c.cur]
@@ -134,24 +172,101 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(id)))
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(v)))
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(room))
+	seg = binary.LittleEndian.AppendUint32(seg, 1) // dirty
 	seg = append(append(seg, id...), v...)
 	c.segs[c.cur] = append(seg, make([]byte, room-len(v))...)
 	c.bytes += int64(n)
+	return true
 }
 
-// evict drops every entry of segment s from the index and empties it.
-func (c *stateCache) evict(s int) {
+// spill hands a dirty entry to spill and marks it clean.
+func (c *stateCache) spill(e []byte, spill spillFunc) {
+	if entryDirty(e) {
+		spill(entryGen(e), string(entryID(e)), entryValue(e))
+		setEntryDirty(e, false)
+	}
+}
+
+// drop takes entry e, of hash h, out of the index.
+func (c *stateCache) drop(h uint64, e []byte) {
+	delete(c.index, h)
+	c.bytes -= int64(entrySize(e))
+}
+
+// current reports whether the entry at offset off of segment s is the one
+// the index points to for its hash (not an older place of its key).
+func (c *stateCache) current(s, off int) bool {
+	pos, ok := c.index[binary.LittleEndian.Uint64(c.segs[s][off:])]
+	return ok && pos == uint64(s)<<32|uint64(off)
+}
+
+// evict drops every entry of segment s from the index, the dirty ones
+// through spill, and empties it.
+func (c *stateCache) evict(s int, spill spillFunc) {
 	seg := c.segs[s]
-	for off := 0; off < len(seg); {
-		n := entrySize(seg[off:])
-		h := binary.LittleEndian.Uint64(seg[off:])
-		if pos, ok := c.index[h]; ok && pos == uint64(s)<<32|uint64(off) {
-			delete(c.index, h)
-			c.bytes -= int64(n)
+	for off := 0; off < len(seg); off += entrySize(seg[off:]) {
+		if c.current(s, off) {
+			c.spill(seg[off:], spill)
+			c.drop(binary.LittleEndian.Uint64(seg[off:]), seg[off:])
 		}
-		off += n
 	}
 	c.segs[s] = seg[:0]
+	if c.sweepSeg == s {
+		// What is put here from now on came after the sweep's round
+		// began: the round has nothing to do here any more.
+		c.sweepOff = math.MaxInt
+	}
+}
+
+// sweep goes on through the ring from where the last sweep stopped, over
+// entries of at least n bytes, and hands every dirty entry it passes to
+// spill (which makes it clean). It reports whether it came round to the
+// start of the ring: every entry that was in the ring when that round
+// began (beginRound, or the end of the round before), and was not put
+// again since, has then been handed to spill since it was last put. n <= 0
+// sweeps the whole ring from where it is.
+func (c *stateCache) sweep(n int, spill spillFunc) (round bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n <= 0 {
+		n = math.MaxInt
+	}
+	for n > 0 && c.nsegs > 0 {
+		seg := c.segs[c.sweepSeg]
+		if c.sweepOff >= len(seg) { // this segment is done (or was evicted and refilled below here)
+			c.sweepSeg, c.sweepOff = (c.sweepSeg+1)%len(c.segs), 0
+			if c.sweepSeg == 0 {
+				return true
+			}
+			continue
+		}
+		if c.current(c.sweepSeg, c.sweepOff) {
+			c.spill(seg[c.sweepOff:], spill)
+		}
+		size := entrySize(seg[c.sweepOff:])
+		c.sweepOff += size
+		n -= size
+	}
+	return c.nsegs == 0
+}
+
+// beginRound puts the sweep at the start of the ring: the round it begins
+// passes every entry the ring holds now.
+func (c *stateCache) beginRound() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sweepSeg, c.sweepOff = 0, 0
+}
+
+// used returns the bytes the ring's segments hold, entries old and current.
+func (c *stateCache) used() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, s := range c.segs {
+		n += len(s)
+	}
+	return n
 }
 
 // entrySize returns the length of the entry e begins with.

@@ -16,7 +16,7 @@ import (
 func TestStateCache(t *testing.T) {
 	a := &assigned{gen: assignments.Add(1)}
 	c := newStateCache(4096) // 16 segments of 256 bytes
-	c.put(a, "x", []byte("one"))
+	c.put(a, "x", []byte("one"), noSpill)
 	got, ok := c.get(a, "x", heapBuf)
 	if !ok || string(got) != "one" {
 		t.Fatalf("get after put = %q, %v", got, ok)
@@ -25,7 +25,7 @@ func TestStateCache(t *testing.T) {
 	if again, _ := c.get(a, "x", heapBuf); string(again) != "one" {
 		t.Fatalf("changing what get returned changed the cache: %q", again)
 	}
-	c.put(a, "x", make([]byte, 300))
+	c.put(a, "x", make([]byte, 300), noSpill)
 	if got, ok := c.get(a, "x", heapBuf); ok {
 		t.Fatalf("an uncacheable newer snapshot left %q cached", got)
 	}
@@ -33,13 +33,13 @@ func TestStateCache(t *testing.T) {
 		t.Error("an entry of another assignment was served")
 	}
 	// A hash that points at another key's entry is a miss.
-	c.put(a, "y", []byte("why"))
+	c.put(a, "y", []byte("why"), noSpill)
 	c.index[c.hash(a, "z")] = c.index[c.hash(a, "y")]
 	if got, ok := c.get(a, "z", heapBuf); ok {
 		t.Errorf("get(z) served y's entry %q", got)
 	}
 	for i := range 100 {
-		c.put(a, fmt.Sprint(i), make([]byte, 100))
+		c.put(a, fmt.Sprint(i), make([]byte, 100), noSpill)
 	}
 	if c.len() > 4096 {
 		t.Errorf("cache holds %d bytes, bound 4096", c.len())
@@ -59,7 +59,7 @@ func TestStateCache(t *testing.T) {
 	}
 	// A bound meaning "no bound" allocates as it is used, not up front.
 	huge := newStateCache(math.MaxInt64)
-	huge.put(a, "x", []byte("one"))
+	huge.put(a, "x", []byte("one"), noSpill)
 	if got, ok := huge.get(a, "x", heapBuf); !ok || string(got) != "one" || len(huge.segs) != 1 {
 		t.Errorf("a cache of MaxInt64 bytes: get = %q, %v; %d segments", got, ok, len(huge.segs))
 	}
@@ -80,7 +80,7 @@ func TestStateCacheRing(t *testing.T) {
 	for i := range 20000 {
 		a, id := as[rng.IntN(2)], fmt.Sprint(rng.IntN(500))
 		v := bytes.Repeat([]byte{byte(i)}, rng.IntN(c.size))
-		c.put(a, id, v)
+		c.put(a, id, v, noSpill)
 		last[key{a, id}] = v
 		if i%100 != 0 {
 			continue
@@ -103,6 +103,77 @@ func TestStateCacheRing(t *testing.T) {
 
 func heapBuf(n int) []byte { return make([]byte, 0, n) }
 
+// noSpill is the spill of a test that does not follow the store.
+func noSpill(uint64, string, []byte) {}
+
+// The cache writes back: whatever the order and sizes of puts and sweeps,
+// the last value put for a key is in the cache or was handed to spill
+// (never lost), a clean entry is what spill last had, and when a sweep's
+// round ends, every key last put before that round began was handed to
+// spill with its last value. Those are what the store's checkpoints rely on
+// (checkpoints.go).
+func TestStateCacheWriteBack(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	as := map[uint64]*assigned{}
+	var gens []uint64
+	for range 2 {
+		a := &assigned{gen: assignments.Add(1)}
+		as[a.gen], gens = a, append(gens, a.gen)
+	}
+	type key struct {
+		gen uint64
+		id  string
+	}
+	c := newStateCache(64 << 10)
+	last := map[key][]byte{}  // the last value put
+	putAt := map[key]int{}    // when
+	store := map[key][]byte{} // what spill was handed last
+	spill := func(gen uint64, id string, v []byte) { store[key{gen, id}] = bytes.Clone(v) }
+	roundBegan, rounds := 0, 0
+	for i := range 30000 {
+		k := key{gens[rng.IntN(2)], fmt.Sprint(rng.IntN(500))}
+		v := bytes.Repeat([]byte{byte(i)}, rng.IntN(200))
+		if !c.put(as[k.gen], k.id, v, spill) {
+			spill(k.gen, k.id, v) // as apply writes what the cache does not hold
+		}
+		last[k], putAt[k] = v, i
+		if rng.IntN(10) == 0 && c.sweep(rng.IntN(4000), spill) {
+			for k, at := range putAt {
+				if at < roundBegan && !bytes.Equal(store[k], last[k]) {
+					t.Fatalf("round ending at put %d: key %v, last put at %d before the round began at %d, is not in the store", i, k, at, roundBegan)
+				}
+			}
+			roundBegan = i + 1
+			rounds++
+		}
+		if i%100 != 0 {
+			continue
+		}
+		for k, want := range last {
+			got, hit := c.get(as[k.gen], k.id, heapBuf)
+			switch {
+			case hit && !bytes.Equal(got, want):
+				t.Fatalf("after %d puts get(%v) = %d bytes, want %d", i+1, k, len(got), len(want))
+			case !hit && !bytes.Equal(store[k], want):
+				t.Fatalf("after %d puts %v is neither cached nor stored", i+1, k)
+			case hit && !entryDirty(c.entry(c.index[c.hash(as[k.gen], k.id)])) && !bytes.Equal(store[k], want):
+				t.Fatalf("after %d puts %v is clean in the cache but not what the store has", i+1, k)
+			}
+		}
+	}
+	if rounds < 3 {
+		t.Fatalf("only %d rounds of the sweep", rounds)
+	}
+	for !c.sweep(0, spill) {
+	}
+	c.sweep(0, spill)
+	for k, want := range last {
+		if !bytes.Equal(store[k], want) {
+			t.Fatalf("after a whole round %v is not in the store", k)
+		}
+	}
+}
+
 // A snapshot that fits in its aggregate's entry overwrites it in place, so
 // that putting one aggregate again and again evicts nobody; one that grew
 // takes a new entry with room to grow again.
@@ -110,10 +181,10 @@ func TestStateCacheInPlace(t *testing.T) {
 	a := &assigned{gen: assignments.Add(1)}
 	c := newStateCache(16 << 10) // 16 segments of 1 KiB
 	for i := range 100 {
-		c.put(a, fmt.Sprint(i), bytes.Repeat([]byte{byte(i)}, 100))
+		c.put(a, fmt.Sprint(i), bytes.Repeat([]byte{byte(i)}, 100), noSpill)
 	}
 	for i := range 1000 { // as many bytes put as the cache holds, ten times over
-		c.put(a, "7", bytes.Repeat([]byte{byte(i)}, 90+i%11))
+		c.put(a, "7", bytes.Repeat([]byte{byte(i)}, 90+i%11), noSpill)
 	}
 	for i := range 100 {
 		want := bytes.Repeat([]byte{byte(i)}, 100)
@@ -125,7 +196,7 @@ func TestStateCacheInPlace(t *testing.T) {
 		}
 	}
 	before := c.len()
-	c.put(a, "7", make([]byte, 120)) // grew past its room
+	c.put(a, "7", make([]byte, 120), noSpill) // grew past its room
 	pos := c.index[c.hash(a, "7")]
 	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/4 {
 		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/4)
@@ -148,7 +219,7 @@ func BenchmarkStateCache(b *testing.B) {
 	v := bytes.Repeat([]byte{1}, 300)
 	for i := range ids {
 		ids[i] = fmt.Sprint("acc-", i)
-		c.put(a, ids[i], v)
+		c.put(a, ids[i], v, noSpill)
 	}
 	buf := make([]byte, 0, 512)
 	i := 0
@@ -157,7 +228,7 @@ func BenchmarkStateCache(b *testing.B) {
 		if _, ok := c.get(a, id, func(int) []byte { return buf[:0] }); !ok {
 			b.Fatalf("miss of %s", id)
 		}
-		c.put(a, id, v)
+		c.put(a, id, v, noSpill)
 		i++
 	}
 }

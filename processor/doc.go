@@ -35,11 +35,17 @@
 //  4. End: the batch's consumer offsets are committed in the transaction
 //     (KIP-447, with the group generation, so a worker that lost its
 //     partitions cannot commit), then EndTxn.
-//  5. Committed: the overlays are written to Pebble, all partitions of the
-//     batch in one Pebble batch, with each partition's checkpoint (the
-//     changelog offset after its last snapshot), and their snapshots to
-//     the cache (copied). The batch's records and bytes are then reused.
-//     Only now: neither holds state of a transaction that did not commit.
+//  5. Committed: the overlays' snapshots are put in the state cache
+//     (copied), which writes them back to Pebble later, each aggregate once
+//     however many transactions changed it meanwhile: when it evicts them,
+//     or when the sweep that follows every committed batch passes them.
+//     Each partition's checkpoint (the changelog offset from which its
+//     changelog must be read again) moves on at the end of each round of
+//     the sweep (checkpoints.go tells why the store stays a prefix of the
+//     changelog). A snapshot too big for the cache is written to Pebble
+//     at once, in one Pebble batch with what the cache let go of. The
+//     batch's records and bytes are then reused. Only now: neither the
+//     cache nor Pebble holds state of a transaction that did not commit.
 //     Aborted: the overlays are dropped, and the session rewinds to the
 //     batch's first commands; they are decided again, deterministically.
 //     (The cache holds bytes, never a decoded state, so a domain function
@@ -75,9 +81,14 @@
 // a poll that holds commands of a partition still restoring waits for it.
 // On revoke or loss the open transaction aborts (the session does that), the
 // overlay is dropped, and the local state is kept: it is a valid prefix of the
-// changelog for when the partition returns. A batch that committed after its
-// partition was revoked does not write Pebble: the next restore reads those
-// snapshots from the changelog.
+// changelog for when the partition returns. The snapshots of the partition
+// that the state cache had not written back yet are never written (a later
+// owner may have moved the aggregates on by then): the partition's
+// checkpoint covers them, and its next restore reads them from the
+// changelog, as it does the snapshots of a batch that committed after its
+// partition was revoked. A restore reads at most about twice
+// Config.CheckpointBytes of snapshots more than the store lacks; a worker
+// that stops cleanly writes its cache back first and restores nothing.
 //
 // Defence in depth against lost or reset group offsets (KAFKA-20416): every
 // snapshot records the offset of the last command applied to its aggregate,

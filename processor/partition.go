@@ -33,6 +33,11 @@ type assigned struct {
 	ready  chan struct{} // closed when the restore is done
 	ids    *idFilter     // of the ids the store holds for the partition; nil for none
 
+	// committed is the changelog offset after the last snapshot that a
+	// batch of this assignment committed and applied; 0 before the
+	// first. Only the loop's apply and flush use it, one at a time.
+	committed int64
+
 	decideTime prometheus.Observer // decider_decide_duration_seconds of the type
 }
 

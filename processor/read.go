@@ -79,7 +79,7 @@ func (w *Worker) Read(ctx context.Context, aggregateType, id string, minVersion 
 		case <-ctx.Done():
 			return Aggregate{}, fmt.Errorf("read %s %s: %w", aggregateType, id, ErrRestoring)
 		}
-		got, err := w.readStored(agg, p, id)
+		got, err := w.readStored(a, id)
 		if err != nil || got.Version >= minVersion {
 			return got, err
 		}
@@ -105,10 +105,16 @@ func (w *Worker) owned(key partitionKey) (*assigned, chan struct{}, error) {
 	return a, applied, nil
 }
 
-// readStored reads an aggregate from the state store.
-func (w *Worker) readStored(agg *topology.Aggregate, p int32, id string) (Aggregate, error) {
+// readStored reads an aggregate of assignment a from the state cache, which
+// holds the latest snapshots, else from the state store.
+func (w *Worker) readStored(a *assigned, id string) (Aggregate, error) {
+	agg, p := a.agg, a.key.partition
 	got := Aggregate{Type: agg, ID: id, Partition: p}
-	v, err := w.cfg.Store.Get(agg.Name(), p, id)
+	v, ok := w.cache.get(a, id, func(n int) []byte { return make([]byte, 0, n) })
+	var err error
+	if !ok {
+		v, err = w.cfg.Store.Get(agg.Name(), p, id)
+	}
 	if errors.Is(err, statestore.ErrNotFound) {
 		got.State, err = agg.EncodeState(agg.Initial())
 		return got, err

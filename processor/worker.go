@@ -55,12 +55,21 @@ type Config struct {
 	// Keep it below the topics' max.message.bytes. Default 1000000.
 	MaxRecordBytes int
 	// StateCacheBytes bounds the cache of committed snapshots in front of
-	// the state store: the memory of the ring it writes snapshots to, each
-	// with its id and 28 bytes, and a quarter more room for one that grew
+	// the state store, which it writes back to the store later (see
+	// CheckpointBytes): the memory of the ring it writes snapshots to, each
+	// with its id and 32 bytes, and a quarter more room for one that grew
 	// (its index adds ≈ 16 bytes an entry). A snapshot larger than a
-	// sixteenth of it, or than 4 MiB, is not cached. Default 64 MiB;
-	// negative disables it.
+	// sixteenth of it, or than 4 MiB, is not cached (it is written to the
+	// store at its commit). Default 64 MiB; negative disables it: every
+	// snapshot is then written to the store at its commit.
 	StateCacheBytes int64
+	// CheckpointBytes is how far the state store may fall behind the
+	// commits, in bytes of committed snapshots: the state cache writes its
+	// snapshots to the store once per aggregate per this many bytes (see
+	// checkpoints.go), and a worker restarted after a crash, or a
+	// partition that comes back after a revoke, reads up to about twice
+	// this much of the changelog again. Default 256 MiB.
+	CheckpointBytes int64
 	// IDFilterBytes is the size of the Bloom filter of the aggregate ids
 	// each assigned partition holds in the store, filled after its restore,
 	// with which the first command of a new aggregate does not look it up
@@ -120,13 +129,14 @@ func (w *Worker) at(p Point) {
 // of the commands topics and turns their commands into events, snapshots
 // and replies, one Kafka transaction per batch of commands polled.
 type Worker struct {
-	cfg     Config
-	log     *slog.Logger
-	metrics *metrics
-	cache   *stateCache
-	sess    *kgo.GroupTransactSession // set under mu, for Ready
-	adm     *kadm.Client
-	topics  *topicCache
+	cfg         Config
+	log         *slog.Logger
+	metrics     *metrics
+	cache       *stateCache
+	checkpoints checkpoints               // of the state store, as the cache is written to it
+	sess        *kgo.GroupTransactSession // set under mu, for Ready
+	adm         *kadm.Client
+	topics      *topicCache
 
 	mu      sync.Mutex                 // guards parts, owners and applied
 	parts   map[partitionKey]*assigned // partitions currently assigned
@@ -175,6 +185,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.StateCacheBytes == 0 {
 		cfg.StateCacheBytes = 64 << 20
+	}
+	if cfg.CheckpointBytes <= 0 {
+		cfg.CheckpointBytes = 256 << 20
 	}
 	if cfg.IDFilterBytes == 0 {
 		cfg.IDFilterBytes = 256 << 10
@@ -305,7 +318,11 @@ func (w *Worker) session(ctx context.Context) error {
 		close(w.deciders)
 		pool.Wait()
 	}()
-	return w.loop(ctx)
+	err = w.loop(ctx)
+	// Before the group is left: the partitions are still this session's,
+	// so their dirty snapshots and checkpoints are written (see
+	// checkpoints), and the next start restores nothing.
+	return errors.Join(err, w.flush())
 }
 
 // loop polls and decides batches until ctx is cancelled or the session

@@ -95,6 +95,22 @@ func BenchmarkStore(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/snapshot")
 	})
+	// As a worker writes: the aggregates a batch touched, in the order
+	// its commands came, spread over the store's aggregates.
+	b.Run("apply-1000-random", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			o := NewOverlay("account", 0, batch)
+			for range batch {
+				o.Put(ids[(i*7919)%aggregates], Entry{Value: snapshotValue})
+				i++
+			}
+			if err := s.Apply(Commit{o, int64(i)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/snapshot")
+	})
 }
 
 // Restore of one partition of 100k snapshots from a broker in the test

@@ -6,13 +6,16 @@
 // The store is a cache of the changelog, never a second source of truth:
 //
 //   - The processor collects a transaction's snapshots in an Overlay and
-//     calls Apply only after Kafka committed the transaction. Snapshots and
-//     their checkpoint go in one Pebble batch, so the store is always a
-//     prefix of the committed changelog of each partition: never ahead of
-//     Kafka, possibly behind (a crash after the commit, before Apply).
-//     Pebble runs without its write-ahead log by default (Options.WAL): a
-//     crashed process loses the writes still in memory, and what is on
-//     disk is still such a prefix, a step further behind.
+//     writes them (Writes, or Apply) only after Kafka committed the
+//     transaction, and a partition's checkpoint only with or after the
+//     snapshots it stands for, so the store is always a prefix of the
+//     committed changelog of each partition: never ahead of Kafka,
+//     possibly behind (the processor writes its snapshots back from a cache
+//     of its own, see the processor's checkpoints.go). Pebble runs without
+//     its write-ahead log by default (Options.WAL): a crashed process loses
+//     the writes still in memory, and what is on disk is still such a
+//     prefix, a step further behind: writes reach the disk in the order
+//     they were committed.
 //   - Restore catches a partition up from its checkpoint to the changelog's
 //     high watermark (read_committed, so it waits for open transactions to
 //     end and keeps only committed snapshots). A checkpoint that no longer fits

@@ -36,8 +36,9 @@ type Options struct {
 	// cache of the changelog, and without the log a crash of the process
 	// loses the writes still in the memtables (at most two MemTableSize of
 	// them), which the next restore reads again from the changelog. What is
-	// on disk stays a prefix of each partition's changelog: a snapshot is
-	// in the batch of its checkpoint, a memtable is flushed whole, and an
+	// on disk stays a prefix of each partition's changelog: a checkpoint is
+	// in the batch of the snapshots it stands for or after it (the writer's
+	// part, see Writes), a memtable is flushed whole and in order, and an
 	// ingested restore table waits for the flush of a memtable holding its
 	// partition's checkpoint. Close flushes the memtables, so a clean stop
 	// restores nothing. (The log's writes were 5% of the worker's CPU flat
@@ -60,14 +61,14 @@ type Options struct {
 // aggregate of the partitions it owns (or owned), and for each partition the
 // checkpoint, the next changelog offset not yet reflected in the store.
 //
-// A snapshot and the checkpoint that covers it are written in one Pebble
-// batch, or in tables ingested together, so the store always holds a
-// prefix of the committed changelog of each partition: never ahead of
-// Kafka, possibly behind.
+// A checkpoint is written with the snapshots it stands for, or after them
+// (Writes, Apply), or in tables ingested together with them (Restore), so
+// the store always holds a prefix of the committed changelog of each
+// partition: never ahead of Kafka, possibly behind.
 //
 // Store is safe for concurrent use; callers keep writes of one partition in
-// one goroutine at a time (Apply, Restore and Drop of the same partition
-// must not overlap).
+// one goroutine at a time (Writes, Apply, Restore and Drop of the same
+// partition must not overlap).
 type Store struct {
 	db      *pebble.DB
 	opts    *pebble.Options
@@ -204,33 +205,102 @@ type Commit struct {
 // checkpoint in one Pebble batch. Call it only once the transaction that
 // produced those snapshots is committed in Kafka.
 func (s *Store) Apply(cs ...Commit) error {
-	size := 12 // the batch's header, then each record's kind, varints, key and value
+	size := 0
 	for _, c := range cs {
 		o := c.Overlay
 		for i, id := range o.ids {
-			e := o.entries[i]
-			size += 1 + 2*binary.MaxVarintLen32 + prefixLen(o.typ) + len(id) + len(e.Value)
+			size += SnapshotSize(o.typ, id, o.entries[i].Value)
 		}
-		size += 1 + 2*binary.MaxVarintLen32 + prefixLen(o.typ) + 8
+		size += SnapshotSize(o.typ, "", make([]byte, 8))
 	}
-	b := s.db.NewBatchWithSize(size) // growing it copied it, again and again
-	defer b.Close()
+	w := s.NewWrites(size)
+	defer w.Close()
 	for _, c := range cs {
 		o := c.Overlay
 		for i, id := range o.ids {
-			e := o.entries[i]
-			if err := put(b, snapshotKey(o.typ, o.partition, id), e.Value); err != nil {
-				return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
+			if err := w.Snapshot(o.typ, o.partition, id, o.entries[i].Value); err != nil {
+				return err
 			}
 		}
-		if err := b.Set(checkpointKey(o.typ, o.partition), binary.BigEndian.AppendUint64(nil, uint64(c.Next)), nil); err != nil {
-			return fmt.Errorf("apply %s/%d: %w", o.typ, o.partition, err)
+		if err := w.Checkpoint(o.typ, o.partition, c.Next); err != nil {
+			return err
 		}
 	}
-	if err := b.Commit(s.wo); err != nil {
-		return fmt.Errorf("apply %d partitions: %w", len(cs), err)
+	return w.Commit()
+}
+
+// Writes are snapshots and checkpoints written to the store together, in
+// one Pebble batch: a crash keeps all of them or none, and writes
+// committed one after another reach the disk in that order. Make them with
+// NewWrites; a Writes is used by one goroutine.
+//
+// What keeps the store a prefix of the changelog is the caller's order: a
+// partition's checkpoint is written only with, or after, every snapshot
+// before it that the store does not hold yet (or one of the same aggregate
+// that replaced it).
+type Writes struct {
+	s   *Store
+	b   *pebble.Batch
+	key []byte // scratch
+	n   int    // snapshots and checkpoints written
+}
+
+// NewWrites returns an empty set of writes with room for about size bytes
+// (see SnapshotSize): growing a batch copies it, again and again.
+func (s *Store) NewWrites(size int) *Writes {
+	return &Writes{s: s, b: s.db.NewBatchWithSize(12 + size)}
+}
+
+// SnapshotSize is about what a snapshot of aggregate id of type typ with
+// the given value takes in a Writes.
+func SnapshotSize(typ, id string, value []byte) int {
+	return 1 + 2*binary.MaxVarintLen32 + prefixLen(typ) + len(id) + len(value)
+}
+
+// Snapshot writes value as the snapshot of aggregate id in partition p of
+// type typ (a nil value deletes it). value is copied.
+func (w *Writes) Snapshot(typ string, p int32, id string, value []byte) error {
+	w.key = append(appendPartitionPrefix(w.key[:0], 's', typ, p), id...)
+	if err := put(w.b, w.key, value); err != nil {
+		return fmt.Errorf("write %s/%d/%s: %w", typ, p, id, err)
+	}
+	w.n++
+	return nil
+}
+
+// Checkpoint writes next as the checkpoint of partition p of type typ:
+// the changelog from next on is what the store may not reflect.
+func (w *Writes) Checkpoint(typ string, p int32, next int64) error {
+	w.key = appendPartitionPrefix(w.key[:0], 'c', typ, p)
+	if err := w.b.Set(w.key, binary.BigEndian.AppendUint64(nil, uint64(next)), nil); err != nil {
+		return fmt.Errorf("checkpoint %s/%d: %w", typ, p, err)
+	}
+	w.n++
+	return nil
+}
+
+// Len returns the snapshots and checkpoints written so far.
+func (w *Writes) Len() int { return w.n }
+
+// Commit writes them to the store and closes w. Call it only once the
+// transactions that produced the snapshots are committed in Kafka.
+func (w *Writes) Commit() error {
+	defer w.Close()
+	if w.n == 0 {
+		return nil
+	}
+	if err := w.b.Commit(w.s.wo); err != nil {
+		return fmt.Errorf("write %d snapshots and checkpoints: %w", w.n, err)
 	}
 	return nil
+}
+
+// Close drops what was not committed. It may be called more than once.
+func (w *Writes) Close() {
+	if w.b != nil {
+		_ = w.b.Close()
+		w.b = nil
+	}
 }
 
 func put(b *pebble.Batch, key, value []byte) error {

@@ -357,13 +357,23 @@ func (c *chaos) startWorker() *proc {
 // workerArgs are the flags of worker name. Every other worker takes two
 // commands a poll, so that its polls are full whenever it is behind (after
 // a restart, a restore, a rebalance) and it decides each batch while the
-// one before commits; the others run with the default of 10000.
+// one before commits; the others run with the default of 10000. Every
+// third worker (the crash test's first among them) has a state cache of 64
+// KiB and checkpoints every 16 KiB of snapshots, so that it writes its
+// cache back to the store all the time: evicting dirty snapshots (and
+// writing through those too big for it), ending sweep rounds, and
+// crashing with snapshots only in its cache; the others run with the
+// defaults, where the store is written mostly when they stop.
 func (c *chaos) workerArgs(name string) []string {
 	args := []string{"run", "--brokers", c.addr, "--data-dir", filepath.Join(c.dir, name),
 		"--partitions", strconv.Itoa(int(c.partitions)), "--instance", name,
 		"--session-timeout", chaosSession.String(), "--transaction-timeout", "5s", "--rebalance-timeout", "5s", "--log-level", "info"}
-	if n, _ := strconv.Atoi(strings.TrimPrefix(name, "w")); n%2 == 0 {
+	n, _ := strconv.Atoi(strings.TrimPrefix(name, "w"))
+	if n%2 == 0 {
 		args = append(args, "--max-poll-records", "2")
+	}
+	if n%3 == 0 {
+		args = append(args, "--state-cache", "65536", "--checkpoint-bytes", "16384")
 	}
 	return args
 }

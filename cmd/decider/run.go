@@ -55,6 +55,7 @@ type workerFlags struct {
 	rebalance  *time.Duration
 	restoreBuf *int
 	stateCache *int64
+	checkpoint *int64
 	maxPoll    *int
 	blockCache *int64
 	wal        *bool
@@ -73,6 +74,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
 		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
 		stateCache: fs.Int64("state-cache", 64<<20, "bytes of committed snapshots kept in memory in front of the state store (negative: none)"),
+		checkpoint: fs.Int64("checkpoint-bytes", 256<<20, "bytes of committed snapshots the state store may fall behind by: the state cache writes each aggregate to it once per this many (a crashed worker reads up to twice this much of its changelog again)"),
 		maxPoll:    fs.Int("max-poll-records", 10000, "most commands one transaction decides; a worker behind by a full poll decides the next one while the last one commits"),
 		blockCache: fs.Int64("block-cache", 256<<20, "bytes of the state store's block cache"),
 		wal:        fs.Bool("wal", false, "keep the state store's write-ahead log (without it, a crashed worker reads its last memtables' writes again from the changelog)"),
@@ -134,7 +136,7 @@ func (wf workerFlags) run(ctx context.Context, kafka []kgo.Opt, started func()) 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := processor.New(processor.Config{
 		App: app, Store: store, Kafka: kafka, InstanceID: instance, Logger: log, Advertise: advertise, Registerer: reg,
-		StateCacheBytes: *wf.stateCache, MaxPollRecords: *wf.maxPoll, SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
+		StateCacheBytes: *wf.stateCache, CheckpointBytes: *wf.checkpoint, MaxPollRecords: *wf.maxPoll, SessionTimeout: *wf.session, TransactionTimeout: *wf.txnTimeout, RebalanceTimeout: *wf.rebalance,
 		AtPoint: crashPoint(),
 	})
 	if err != nil {
