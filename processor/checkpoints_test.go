@@ -101,7 +101,7 @@ func checkpointsKeepThePrefix(t *testing.T, seed uint64) {
 	}
 	rng := rand.New(rand.NewPCG(seed, 6))
 	as := []*assigned{assign(0), assign(1)}
-	for step := range 2000 {
+	for step := range 800 {
 		// A batch: a few aggregates of each partition, some of them
 		// written more than once, some too big for the cache.
 		b := &batch{w: w}
