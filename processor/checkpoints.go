@@ -177,7 +177,7 @@ func (c *checkpoints) note(s *storeWrite) {
 // every commit (a worker that stops, see checkpoints). Call it when no
 // batch is being applied.
 func (w *Worker) flush() error {
-	s := w.newStoreWrite(int(w.cache.used()))
+	s := w.newStoreWrite(w.cache.used())
 	defer s.close()
 	for !w.cache.sweep(0, s.spill) { // the rest of this round
 	}
