@@ -140,7 +140,9 @@ func (b *batch) apply() error {
 	for _, pb := range current {
 		pb.overlay.Each(func(id string, e statestore.Entry) {
 			put += len(e.Value)
+			s.reason = writeEvicted
 			if !w.cache.put(pb.a, id, e.Value, s.spill) {
+				s.reason = writeUncached
 				s.snapshot(pb.a, id, e.Value)
 			}
 		})

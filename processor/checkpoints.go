@@ -58,10 +58,13 @@ type storeWrite struct {
 	locked map[partitionKey]bool
 	locks  []*sync.Mutex
 	err    error // the first write that failed
+
+	reason string         // why the snapshots written now are written (writeEvicted, …)
+	counts map[string]int // snapshots written, by reason
 }
 
 func (w *Worker) newStoreWrite(size int) *storeWrite {
-	s := &storeWrite{w: w, writes: w.cfg.Store.NewWrites(size), gens: map[uint64]*assigned{}, owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}}
+	s := &storeWrite{w: w, writes: w.cfg.Store.NewWrites(size), gens: map[uint64]*assigned{}, owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}, counts: map[string]int{}}
 	w.mu.Lock()
 	for _, a := range w.parts {
 		s.gens[a.gen] = a
@@ -97,6 +100,7 @@ func (s *storeWrite) snapshot(a *assigned, id string, v []byte) {
 	if err := s.writes.Snapshot(a.agg.Name(), a.key.partition, id, v); err != nil && s.err == nil {
 		s.err = err
 	}
+	s.counts[s.reason]++
 }
 
 // checkpoint writes next as a's partition's checkpoint.
@@ -120,7 +124,13 @@ func (s *storeWrite) commit() error {
 	if s.err != nil {
 		return s.err
 	}
-	return s.writes.Commit()
+	if err := s.writes.Commit(); err != nil {
+		return err
+	}
+	for reason, n := range s.counts {
+		s.w.metrics.storeWrites.WithLabelValues(reason).Add(float64(n))
+	}
+	return nil
 }
 
 // close drops what was not committed and releases the locks.
@@ -149,6 +159,7 @@ func (c *checkpoints) sweep(s *storeWrite, put int, batch []*assigned) {
 		c.note(s)
 	}
 	n := int(int64(put)*int64(cache.used())/s.w.cfg.CheckpointBytes) + 1
+	s.reason = writeSwept
 	if !cache.sweep(n, s.spill) {
 		return
 	}
@@ -179,6 +190,7 @@ func (c *checkpoints) note(s *storeWrite) {
 func (w *Worker) flush() error {
 	s := w.newStoreWrite(w.cache.used())
 	defer s.close()
+	s.reason = writeStopped
 	for !w.cache.sweep(0, s.spill) { // the rest of this round
 	}
 	w.cache.sweep(0, s.spill) // and the part of the ring it had passed

@@ -10,6 +10,7 @@ import (
 
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/statestore"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // The store stays a prefix of the changelog while the cache writes back
@@ -29,16 +30,20 @@ func TestCheckpointsKeepThePrefix(t *testing.T) {
 }
 
 func checkpointsKeepThePrefix(t *testing.T, seed uint64) {
-	agg, err := accounts.Aggregate(4)
+	app, err := accounts.App(4)
 	if err != nil {
 		t.Fatal(err)
 	}
+	agg, _ := app.Aggregate(accounts.Name)
 	store, err := statestore.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	w := &Worker{cfg: Config{Store: store, CheckpointBytes: 4 << 10}, parts: map[partitionKey]*assigned{}, cache: newStateCache(8 << 10)}
+	w, err := New(Config{App: app, Store: store, InstanceID: "t", StateCacheBytes: 8 << 10, CheckpointBytes: 4 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
 	type record struct {
 		id    string
 		value []byte
@@ -143,6 +148,13 @@ func checkpointsKeepThePrefix(t *testing.T, seed uint64) {
 					t.Fatalf("step %d: after a flush partition %d's checkpoint is %d, its changelog %d long", step, p, next, len(log))
 				}
 			}
+		}
+	}
+	// Every way to the store was taken.
+	for _, reason := range []string{writeEvicted, writeSwept, writeUncached, writeStopped} {
+		var m dto.Metric
+		if err := w.metrics.storeWrites.WithLabelValues(reason).Write(&m); err != nil || m.GetCounter().GetValue() == 0 {
+			t.Errorf("no snapshot written to the store %s", reason)
 		}
 	}
 }

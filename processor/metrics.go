@@ -29,6 +29,7 @@ type metrics struct {
 	lag             *prometheus.GaugeVec
 	cacheHits       prometheus.Counter
 	cacheMisses     prometheus.Counter
+	storeWrites     *prometheus.CounterVec
 }
 
 // Kinds of records produced (label "kind" of decider_records_produced_total).
@@ -38,6 +39,15 @@ const (
 	kindReply      = "reply"
 	kindForward    = "forward"
 	kindDeadLetter = "dead_letter"
+)
+
+// Why a snapshot was written to the state store (label "reason" of
+// decider_state_store_writes_total); see checkpoints.go.
+const (
+	writeEvicted  = "evicted"  // the state cache evicted it
+	writeSwept    = "swept"    // the sweep after a committed batch passed it
+	writeUncached = "uncached" // too big for the cache (or no cache): written at its commit
+	writeStopped  = "stopped"  // the worker stopped and wrote its cache back
 )
 
 // latencyBuckets span 100µs to ~30s.
@@ -89,6 +99,9 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 			Help: "Commands behind the high watermark of each owned partition, as of the last poll."},
 			[]string{"topic", "partition"}),
 	}
+	m.storeWrites = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "state_store_writes_total",
+		Help: "Snapshots written to the state store, by reason (evicted, swept, uncached, stopped); against decider_records_produced_total{kind=\"snapshot\"}, how many writes the write-back cache saves."},
+		[]string{"reason"})
 	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "state_cache_lookups_total",
 		Help: "Lookups of aggregates in the snapshot cache in front of the state store, by result (hit, miss); hit ÷ all is the hit ratio."},
 		[]string{"result"})
@@ -107,7 +120,7 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 			})
 		reg.MustRegister(m.commands, m.commandLatency, m.decide, m.dedupeHits, m.deadLetters, m.records,
 			m.batchCommands, m.txnDuration, m.transactions, m.aborts, m.owned, m.restoreRecords,
-			m.restoreDuration, m.lag, lookups, cacheSize, readyGauge, storeCollector{store})
+			m.restoreDuration, m.lag, lookups, cacheSize, readyGauge, storeCollector{store}, m.storeWrites)
 	}
 	return m
 }
