@@ -140,11 +140,7 @@ func (b *batch) apply() error {
 	for _, pb := range current {
 		pb.overlay.Each(func(id string, e statestore.Entry) {
 			put += len(e.Value)
-			s.reason = writeEvicted
-			if !w.cache.put(pb.a, id, e.Value, s.spill) {
-				s.reason = writeUncached
-				s.snapshot(pb.a, id, e.Value)
-			}
+			w.cache.put(pb.a, id, e.Value)
 		})
 		if next := pb.next.Load(); next > pb.a.committed {
 			pb.a.committed = next

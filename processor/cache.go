@@ -18,8 +18,12 @@ import (
 // aggregate meanwhile — when its segment of the ring is evicted, or when a
 // sweep (see sweep) comes by it. Until then the cache is the only local copy
 // of that snapshot (the changelog holds it too), so a dirty entry is never
-// dropped without being handed to spill, unless its assignment is over. How
-// the store's checkpoints follow is told in checkpoints.go.
+// dropped without a copy of it going to the pending list: the snapshots the
+// worker's next store write must write (drain), in order, with those too
+// big for the ring. Until that write is committed (settle), get still
+// finds them there: a batch decided meanwhile (beside the end of the one
+// being applied) must not read an older snapshot from Pebble. How the
+// store's checkpoints follow is told in checkpoints.go.
 //
 // It holds encoded snapshots, not decoded states, in a ring of byte
 // segments indexed by a map of integers: nothing in it has a pointer, so
@@ -53,23 +57,30 @@ type stateCache struct {
 	bytes int64             // of the entries the index points to
 
 	sweepSeg, sweepOff int // where the next sweep goes on: segment and offset
-}
 
-// spillFunc writes a dirty snapshot that leaves the cache, of aggregate id
-// of assignment gen, to the store. v is valid only during the call.
-type spillFunc func(gen uint64, id string, v []byte)
+	pending   []byte         // entries to write to the store, in order; their flags say why
+	pendingAt map[uint64]int // hash of a key → offset in pending of its latest entry
+}
 
 // An entry is a header, the aggregate id and room for the snapshot. The
 // header: the key's hash, the assignment, the id's length, the snapshot's
-// length, the room's, and whether it is dirty (not in the store yet).
+// length, the room's, and flags: in the ring, whether it is dirty (not in
+// the store yet); in the pending list, why it is to be written.
 const entryHeader = 8 + 8 + 4 + 4 + 4 + 4
+
+// Why a pending entry is to be written.
+const (
+	pendingEvicted  = iota + 1 // dirty, and its segment was evicted (or its place taken)
+	pendingSwept               // dirty, and the sweep passed it
+	pendingUncached            // too big for the ring, or no ring
+)
 
 // maxSegment bounds a segment; a cache is cut into at least 16. A
 // snapshot larger than a segment is not cached.
 const maxSegment = 4 << 20
 
 func newStateCache(maxBytes int64) *stateCache {
-	c := &stateCache{seed: maphash.MakeSeed(), index: map[uint64]uint64{}}
+	c := &stateCache{seed: maphash.MakeSeed(), index: map[uint64]uint64{}, pendingAt: map[uint64]int{}}
 	if maxBytes > 0 {
 		c.size = int(min(maxSegment, max(maxBytes/16, 1)))
 		c.nsegs = int(min(max(maxBytes/int64(c.size), 1), 1<<31)) // a position keeps 32 bits for the segment
@@ -92,29 +103,30 @@ func entryID(e []byte) []byte {
 func entryValue(e []byte) []byte {
 	return e[entryHeader+int(binary.LittleEndian.Uint32(e[16:])):][:binary.LittleEndian.Uint32(e[20:])]
 }
-func entryDirty(e []byte) bool { return binary.LittleEndian.Uint32(e[28:]) != 0 }
+func entryFlags(e []byte) uint32 { return binary.LittleEndian.Uint32(e[28:]) }
+func entryDirty(e []byte) bool   { return entryFlags(e) != 0 }
 func setEntryDirty(e []byte, dirty bool) {
-	var d uint32
+	var f uint32
 	if dirty {
-		d = 1
+		f = 1
 	}
-	binary.LittleEndian.PutUint32(e[28:], d)
+	binary.LittleEndian.PutUint32(e[28:], f)
 }
 
 // get returns a copy of the aggregate's cached snapshot, if any, in room
 // for n bytes that buf returns.
 func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte, bool) {
-	if c.nsegs == 0 {
-		return nil, false
-	}
 	h := c.hash(a, id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pos, ok := c.index[h]
-	if !ok {
+	var e []byte
+	if pos, ok := c.index[h]; ok {
+		e = c.entry(pos)
+	} else if off, ok := c.pendingAt[h]; ok {
+		e = c.pending[off:] // let go of, not written yet
+	} else {
 		return nil, false
 	}
-	e := c.entry(pos)
 	if entryGen(e) != a.gen || string(entryID(e)) != id {
 		return nil, false // another key of the same hash
 	}
@@ -122,15 +134,11 @@ func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte
 	return append(buf(len(v)), v...), true
 }
 
-// put caches a committed aggregate's snapshot v (copied), dirty. It
-// reports false when it did not cache it (the cache is off, or v is too
-// big for it): the caller writes v to the store itself. The dirty entries
-// put drops (those of an evicted segment, or one of the same hash) go to
-// spill first.
-func (c *stateCache) put(a *assigned, id string, v []byte, spill spillFunc) bool {
-	if c.nsegs == 0 {
-		return false
-	}
+// put caches a committed aggregate's snapshot v (copied), dirty; one too
+// big for the ring (or with no ring) goes to the pending list instead. The
+// dirty entries put drops (those of an evicted segment, or one of the same
+// hash) go to the pending list too.
+func (c *stateCache) put(a *assigned, id string, v []byte) {
 	h := c.hash(a, id)
 	room := len(v)
 	c.mu.Lock()
@@ -142,24 +150,26 @@ func (c *stateCache) put(a *assigned, id string, v []byte, spill spillFunc) bool
 			binary.LittleEndian.PutUint32(e[20:], uint32(len(v)))
 			copy(e[entryHeader+len(id):], v)
 			setEntryDirty(e, true)
-			return true
+			return
 		}
 		if !same { // another key of the same hash: it must reach the store
-			c.spill(e, spill)
+			c.spill(e, pendingEvicted)
 		}
 		c.drop(h, e)
 		room += len(v) / 4 // it grew: room for it to grow again
 	}
 	n := min(entryHeader+len(id)+room, c.size)
 	if room = n - entryHeader - len(id); room < len(v) {
-		return false
+		c.pendingAt[h] = len(c.pending)
+		c.pending = appendEntry(c.pending, h, a.gen, id, v, len(v), pendingUncached)
+		return
 	}
 	if len(c.segs[c.cur])+n > c.size {
 		c.cur = (c.cur + 1) % c.nsegs
 		if c.cur == len(c.segs) {
 			c.segs = append(c.segs, nil)
 		} else {
-			c.evict(c.cur, spill)
+			c.evict(c.cur)
 		}
 	}
 	seg := c.segs[c.cur]
@@ -167,24 +177,57 @@ func (c *stateCache) put(a *assigned, id string, v []byte, spill spillFunc) bool
 		seg = make([]byte, 0, c.size)
 	}
 	c.index[h] = uint64(c.cur)<<32 | uint64(len(seg))
-	seg = binary.LittleEndian.AppendUint64(seg, h)
-	seg = binary.LittleEndian.AppendUint64(seg, a.gen)
-	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(id)))
-	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(v)))
-	seg = binary.LittleEndian.AppendUint32(seg, uint32(room))
-	seg = binary.LittleEndian.AppendUint32(seg, 1) // dirty
-	seg = append(append(seg, id...), v...)
-	c.segs[c.cur] = append(seg, make([]byte, room-len(v))...)
+	c.segs[c.cur] = appendEntry(seg, h, a.gen, id, v, room, 1) // dirty
 	c.bytes += int64(n)
-	return true
 }
 
-// spill hands a dirty entry to spill and marks it clean.
-func (c *stateCache) spill(e []byte, spill spillFunc) {
+// appendEntry appends an entry of key hash h to b, with room for the
+// snapshot (at least len(v)) and flags.
+func appendEntry(b []byte, h, gen uint64, id string, v []byte, room int, flags uint32) []byte {
+	b = binary.LittleEndian.AppendUint64(b, h)
+	b = binary.LittleEndian.AppendUint64(b, gen)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(id)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(v)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(room))
+	b = binary.LittleEndian.AppendUint32(b, flags)
+	b = append(append(b, id...), v...)
+	return append(b, make([]byte, room-len(v))...)
+}
+
+// spill copies a dirty entry of the ring to the pending list, for why,
+// and marks it clean.
+func (c *stateCache) spill(e []byte, why uint32) {
 	if entryDirty(e) {
-		spill(entryGen(e), string(entryID(e)), entryValue(e))
+		h, v := binary.LittleEndian.Uint64(e), entryValue(e)
+		c.pendingAt[h] = len(c.pending)
+		c.pending = appendEntry(c.pending, h, entryGen(e), string(entryID(e)), v, len(v), why)
 		setEntryDirty(e, false)
 	}
+}
+
+// drain calls write with every entry of the pending list, in the order
+// they came (a key's later entry after its earlier one). The entries stay
+// readable until settle. Only the goroutine that puts and sweeps calls it,
+// without holding anything get needs: write may block.
+func (c *stateCache) drain(write func(gen uint64, id string, v []byte, why uint32)) {
+	c.mu.Lock()
+	pending := c.pending
+	c.mu.Unlock()
+	for off := 0; off < len(pending); off += entrySize(pending[off:]) {
+		e := pending[off:]
+		write(entryGen(e), string(entryID(e)), entryValue(e), entryFlags(e))
+	}
+}
+
+// settle empties the pending list once its entries are in the store.
+func (c *stateCache) settle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cap(c.pending) > 2*c.size { // one large write-back: not kept
+		c.pending = nil
+	}
+	c.pending = c.pending[:0]
+	clear(c.pendingAt)
 }
 
 // drop takes entry e, of hash h, out of the index.
@@ -201,12 +244,12 @@ func (c *stateCache) current(s, off int) bool {
 }
 
 // evict drops every entry of segment s from the index, the dirty ones
-// through spill, and empties it.
-func (c *stateCache) evict(s int, spill spillFunc) {
+// to the pending list, and empties it.
+func (c *stateCache) evict(s int) {
 	seg := c.segs[s]
 	for off := 0; off < len(seg); off += entrySize(seg[off:]) {
 		if c.current(s, off) {
-			c.spill(seg[off:], spill)
+			c.spill(seg[off:], pendingEvicted)
 			c.drop(binary.LittleEndian.Uint64(seg[off:]), seg[off:])
 		}
 	}
@@ -219,13 +262,13 @@ func (c *stateCache) evict(s int, spill spillFunc) {
 }
 
 // sweep goes on through the ring from where the last sweep stopped, over
-// entries of at least n bytes, and hands every dirty entry it passes to
-// spill (which makes it clean). It reports whether it came round to the
+// entries of at least n bytes, and copies every dirty entry it passes to
+// the pending list (which makes it clean). It reports whether it came round to the
 // start of the ring: every entry that was in the ring when that round
 // began (beginRound, or the end of the round before), and was not put
-// again since, has then been handed to spill since it was last put. n <= 0
+// again since, has then gone to the pending list since it was last put. n <= 0
 // sweeps the whole ring from where it is.
-func (c *stateCache) sweep(n int, spill spillFunc) (round bool) {
+func (c *stateCache) sweep(n int) (round bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n <= 0 {
@@ -241,7 +284,7 @@ func (c *stateCache) sweep(n int, spill spillFunc) (round bool) {
 			continue
 		}
 		if c.current(c.sweepSeg, c.sweepOff) {
-			c.spill(seg[c.sweepOff:], spill)
+			c.spill(seg[c.sweepOff:], pendingSwept)
 		}
 		size := entrySize(seg[c.sweepOff:])
 		c.sweepOff += size

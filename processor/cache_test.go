@@ -16,7 +16,7 @@ import (
 func TestStateCache(t *testing.T) {
 	a := &assigned{gen: assignments.Add(1)}
 	c := newStateCache(4096) // 16 segments of 256 bytes
-	c.put(a, "x", []byte("one"), noSpill)
+	c.put(a, "x", []byte("one"))
 	got, ok := c.get(a, "x", heapBuf)
 	if !ok || string(got) != "one" {
 		t.Fatalf("get after put = %q, %v", got, ok)
@@ -25,7 +25,11 @@ func TestStateCache(t *testing.T) {
 	if again, _ := c.get(a, "x", heapBuf); string(again) != "one" {
 		t.Fatalf("changing what get returned changed the cache: %q", again)
 	}
-	c.put(a, "x", make([]byte, 300), noSpill)
+	c.put(a, "x", make([]byte, 300))
+	if got, ok := c.get(a, "x", heapBuf); !ok || len(got) != 300 {
+		t.Fatalf("an uncacheable newer snapshot, not written yet: get = %q, %v", got, ok)
+	}
+	c.settle() // written
 	if got, ok := c.get(a, "x", heapBuf); ok {
 		t.Fatalf("an uncacheable newer snapshot left %q cached", got)
 	}
@@ -33,13 +37,13 @@ func TestStateCache(t *testing.T) {
 		t.Error("an entry of another assignment was served")
 	}
 	// A hash that points at another key's entry is a miss.
-	c.put(a, "y", []byte("why"), noSpill)
+	c.put(a, "y", []byte("why"))
 	c.index[c.hash(a, "z")] = c.index[c.hash(a, "y")]
 	if got, ok := c.get(a, "z", heapBuf); ok {
 		t.Errorf("get(z) served y's entry %q", got)
 	}
 	for i := range 100 {
-		c.put(a, fmt.Sprint(i), make([]byte, 100), noSpill)
+		c.put(a, fmt.Sprint(i), make([]byte, 100))
 	}
 	if c.len() > 4096 {
 		t.Errorf("cache holds %d bytes, bound 4096", c.len())
@@ -51,6 +55,7 @@ func TestStateCache(t *testing.T) {
 	if held > 4096 {
 		t.Errorf("cache segments hold %d bytes, bound 4096", held)
 	}
+	c.settle()
 	if _, ok := c.get(a, "0", heapBuf); ok {
 		t.Error("the oldest entry was not evicted")
 	}
@@ -59,7 +64,7 @@ func TestStateCache(t *testing.T) {
 	}
 	// A bound meaning "no bound" allocates as it is used, not up front.
 	huge := newStateCache(math.MaxInt64)
-	huge.put(a, "x", []byte("one"), noSpill)
+	huge.put(a, "x", []byte("one"))
 	if got, ok := huge.get(a, "x", heapBuf); !ok || string(got) != "one" || len(huge.segs) != 1 {
 		t.Errorf("a cache of MaxInt64 bytes: get = %q, %v; %d segments", got, ok, len(huge.segs))
 	}
@@ -80,7 +85,8 @@ func TestStateCacheRing(t *testing.T) {
 	for i := range 20000 {
 		a, id := as[rng.IntN(2)], fmt.Sprint(rng.IntN(500))
 		v := bytes.Repeat([]byte{byte(i)}, rng.IntN(c.size))
-		c.put(a, id, v, noSpill)
+		c.put(a, id, v)
+		c.settle() // as if written: this test follows the ring alone
 		last[key{a, id}] = v
 		if i%100 != 0 {
 			continue
@@ -103,15 +109,13 @@ func TestStateCacheRing(t *testing.T) {
 
 func heapBuf(n int) []byte { return make([]byte, 0, n) }
 
-// noSpill is the spill of a test that does not follow the store.
-func noSpill(uint64, string, []byte) {}
-
 // The cache writes back: whatever the order and sizes of puts and sweeps,
-// the last value put for a key is in the cache or was handed to spill
-// (never lost), a clean entry is what spill last had, and when a sweep's
-// round ends, every key last put before that round began was handed to
-// spill with its last value. Those are what the store's checkpoints rely on
-// (checkpoints.go).
+// the last value put for a key is in the cache (or in its pending list,
+// until the write is settled) or in the store (never lost, and never read
+// older while the write is under way), a clean entry is what the store
+// has, and when a sweep's round ends, every key last put before that round
+// began is in the store with its last value. Those are what the store's
+// checkpoints rely on (checkpoints.go).
 func TestStateCacheWriteBack(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	as := map[uint64]*assigned{}
@@ -120,24 +124,32 @@ func TestStateCacheWriteBack(t *testing.T) {
 		a := &assigned{gen: assignments.Add(1)}
 		as[a.gen], gens = a, append(gens, a.gen)
 	}
-	type key struct {
-		gen uint64
-		id  string
-	}
 	c := newStateCache(64 << 10)
-	last := map[key][]byte{}  // the last value put
-	putAt := map[key]int{}    // when
-	store := map[key][]byte{} // what spill was handed last
-	spill := func(gen uint64, id string, v []byte) { store[key{gen, id}] = bytes.Clone(v) }
+	last := map[cacheKey][]byte{}  // the last value put
+	putAt := map[cacheKey]int{}    // when
+	store := map[cacheKey][]byte{} // what was written last
+	write := func() {              // as the worker's store write does
+		c.drain(func(gen uint64, id string, v []byte, _ uint32) { store[cacheKey{gen, id}] = bytes.Clone(v) })
+		c.settle()
+	}
 	roundBegan, rounds := 0, 0
 	for i := range 30000 {
-		k := key{gens[rng.IntN(2)], fmt.Sprint(rng.IntN(500))}
+		k := cacheKey{gens[rng.IntN(2)], fmt.Sprint(rng.IntN(500))}
 		v := bytes.Repeat([]byte{byte(i)}, rng.IntN(200))
-		if !c.put(as[k.gen], k.id, v, spill) {
-			spill(k.gen, k.id, v) // as apply writes what the cache does not hold
+		if rng.IntN(100) == 0 {
+			v = make([]byte, c.size) // too big for the ring
 		}
+		c.put(as[k.gen], k.id, v)
 		last[k], putAt[k] = v, i
-		if rng.IntN(10) == 0 && c.sweep(rng.IntN(4000), spill) {
+		if i%100 == 0 { // while the write is under way too
+			checkWriteBack(t, c, as, last, store)
+		}
+		if rng.IntN(4) != 0 {
+			continue // more puts before the write
+		}
+		round := rng.IntN(10) == 0 && c.sweep(rng.IntN(4000))
+		write()
+		if round {
 			for k, at := range putAt {
 				if at < roundBegan && !bytes.Equal(store[k], last[k]) {
 					t.Fatalf("round ending at put %d: key %v, last put at %d before the round began at %d, is not in the store", i, k, at, roundBegan)
@@ -146,30 +158,43 @@ func TestStateCacheWriteBack(t *testing.T) {
 			roundBegan = i + 1
 			rounds++
 		}
-		if i%100 != 0 {
-			continue
-		}
-		for k, want := range last {
-			got, hit := c.get(as[k.gen], k.id, heapBuf)
-			switch {
-			case hit && !bytes.Equal(got, want):
-				t.Fatalf("after %d puts get(%v) = %d bytes, want %d", i+1, k, len(got), len(want))
-			case !hit && !bytes.Equal(store[k], want):
-				t.Fatalf("after %d puts %v is neither cached nor stored", i+1, k)
-			case hit && !entryDirty(c.entry(c.index[c.hash(as[k.gen], k.id)])) && !bytes.Equal(store[k], want):
-				t.Fatalf("after %d puts %v is clean in the cache but not what the store has", i+1, k)
-			}
-		}
+		checkWriteBack(t, c, as, last, store)
 	}
 	if rounds < 3 {
 		t.Fatalf("only %d rounds of the sweep", rounds)
 	}
-	for !c.sweep(0, spill) {
+	for !c.sweep(0) {
 	}
-	c.sweep(0, spill)
+	c.sweep(0)
+	write()
 	for k, want := range last {
 		if !bytes.Equal(store[k], want) {
 			t.Fatalf("after a whole round %v is not in the store", k)
+		}
+	}
+}
+
+// cacheKey is an aggregate of an assignment.
+type cacheKey struct {
+	gen uint64
+	id  string
+}
+
+// checkWriteBack checks that every key's last value is what the cache
+// serves, or what the store has when the cache serves nothing, and that a
+// clean entry is what the store has.
+func checkWriteBack(t *testing.T, c *stateCache, as map[uint64]*assigned, last, store map[cacheKey][]byte) {
+	t.Helper()
+	for k, want := range last {
+		got, hit := c.get(as[k.gen], k.id, heapBuf)
+		pos, indexed := c.index[c.hash(as[k.gen], k.id)]
+		switch {
+		case hit && !bytes.Equal(got, want):
+			t.Fatalf("get(%v) = %d bytes, want %d", k, len(got), len(want))
+		case !hit && !bytes.Equal(store[k], want):
+			t.Fatalf("%v is neither cached nor stored", k)
+		case hit && indexed && !entryDirty(c.entry(pos)) && !bytes.Equal(store[k], want):
+			t.Fatalf("%v is clean in the cache but not what the store has", k)
 		}
 	}
 }
@@ -181,10 +206,10 @@ func TestStateCacheInPlace(t *testing.T) {
 	a := &assigned{gen: assignments.Add(1)}
 	c := newStateCache(16 << 10) // 16 segments of 1 KiB
 	for i := range 100 {
-		c.put(a, fmt.Sprint(i), bytes.Repeat([]byte{byte(i)}, 100), noSpill)
+		c.put(a, fmt.Sprint(i), bytes.Repeat([]byte{byte(i)}, 100))
 	}
 	for i := range 1000 { // as many bytes put as the cache holds, ten times over
-		c.put(a, "7", bytes.Repeat([]byte{byte(i)}, 90+i%11), noSpill)
+		c.put(a, "7", bytes.Repeat([]byte{byte(i)}, 90+i%11))
 	}
 	for i := range 100 {
 		want := bytes.Repeat([]byte{byte(i)}, 100)
@@ -196,7 +221,7 @@ func TestStateCacheInPlace(t *testing.T) {
 		}
 	}
 	before := c.len()
-	c.put(a, "7", make([]byte, 120), noSpill) // grew past its room
+	c.put(a, "7", make([]byte, 120)) // grew past its room
 	pos := c.index[c.hash(a, "7")]
 	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/4 {
 		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/4)
@@ -219,7 +244,7 @@ func BenchmarkStateCache(b *testing.B) {
 	v := bytes.Repeat([]byte{1}, 300)
 	for i := range ids {
 		ids[i] = fmt.Sprint("acc-", i)
-		c.put(a, ids[i], v, noSpill)
+		c.put(a, ids[i], v)
 	}
 	buf := make([]byte, 0, 512)
 	i := 0
@@ -228,7 +253,7 @@ func BenchmarkStateCache(b *testing.B) {
 		if _, ok := c.get(a, id, func(int) []byte { return buf[:0] }); !ok {
 			b.Fatalf("miss of %s", id)
 		}
-		c.put(a, id, v, noSpill)
+		c.put(a, id, v)
 		i++
 	}
 }

@@ -28,8 +28,14 @@ import (
 // committed snapshot; when the round ends, every aggregate whose latest
 // snapshot comes before that offset was in the ring when the round began
 // (its batch had been put), and the round has written it, or the cache
-// spilled it when evicting it; the noted offset becomes the checkpoint, in
-// the same Pebble batch as the round's last writes. Every write is a
+// let go of it when evicting it, and it was written then; the noted offset
+// becomes the checkpoint, in the same Pebble batch as the round's last
+// writes.
+//
+// What the cache lets go of (evicted, swept, or too big for it) waits in
+// its pending list, readable, until the Pebble batch that writes it is
+// committed: the next batch, decided while this one is applied, must find
+// it there rather than an older snapshot in Pebble. Every write is a
 // committed snapshot, so the store is never ahead of Kafka; a crash loses
 // the dirty entries, which a restart reads again from the changelog, from
 // a checkpoint at most about two rounds behind (Pebble runs without its WAL:
@@ -37,11 +43,14 @@ import (
 // partition's checkpoint after the writes it stands for).
 //
 // Dirty entries of an assignment that is over (revoked, or assigned again
-// to be restored) are never written: a later version of the aggregate may
-// be in the store by then. The partition's checkpoint already covers them,
-// and whoever restores it next reads them from the changelog. A worker
-// that stops writes every dirty entry and every checkpoint first, so that
-// its next start restores nothing.
+// to be restored) are not written once it is: a later version of the
+// aggregate may be in the store by then. The partition's checkpoint
+// already covers them, and whoever restores it next reads them from the
+// changelog. (A write that began while the assignment was current holds
+// its partition's lock, so a restore waits for it.) A worker that stops
+// writes every dirty entry and the checkpoint of every partition it still
+// holds first, so that its next start restores nothing of those. After a
+// write to the store failed, nothing more is written (storeWrite.commit).
 type checkpoints struct {
 	noted map[*assigned]int64 // of the round under way: each assignment's committed changelog offset when it began; nil before the first
 }
@@ -59,8 +68,8 @@ type storeWrite struct {
 	locks  []*sync.Mutex
 	err    error // the first write that failed
 
-	reason string         // why the snapshots written now are written (writeEvicted, …)
-	counts map[string]int // snapshots written, by reason
+	stopping bool           // the write of a worker that stops
+	counts   map[string]int // snapshots written, by reason (writeEvicted, …)
 }
 
 func (w *Worker) newStoreWrite(size int) *storeWrite {
@@ -73,34 +82,48 @@ func (w *Worker) newStoreWrite(size int) *storeWrite {
 	return s
 }
 
-// own locks a's partition and reports whether a is its current
-// assignment. A partition whose lock is held is being restored: by a later
-// assignment, since a's own restore was over before a had anything to write
-// (only restores and this loop, one write at a time, take these locks).
+// own reports whether a is its partition's current assignment, and if so
+// locks the partition, waiting for a restore of it that is ending (one of
+// an earlier assignment, cancelled; or of a later one, which makes a no
+// longer current). Restores take nothing else, and the cache's lock is not
+// held here: no deadlock.
 func (s *storeWrite) own(a *assigned) bool {
 	if owned, ok := s.owned[a]; ok {
 		return owned
 	}
-	if !s.locked[a.key] {
+	current := func() bool {
+		cur, ok := s.w.partition(a.key.topic, a.key.partition)
+		return ok && cur == a
+	}
+	if current() && !s.locked[a.key] {
 		lock := s.w.lock(a.key)
-		if !lock.TryLock() {
-			s.owned[a] = false
-			return false
-		}
+		lock.Lock()
 		s.locked[a.key] = true
 		s.locks = append(s.locks, lock)
 	}
-	cur, ok := s.w.partition(a.key.topic, a.key.partition)
-	s.owned[a] = ok && cur == a
+	s.owned[a] = s.locked[a.key] && current()
 	return s.owned[a]
 }
 
-// snapshot writes the snapshot v of aggregate id of a.
-func (s *storeWrite) snapshot(a *assigned, id string, v []byte) {
+// Why the cache let go of a snapshot: the label of
+// decider_state_store_writes_total.
+var writeReasons = map[uint32]string{pendingEvicted: writeEvicted, pendingSwept: writeSwept, pendingUncached: writeUncached}
+
+// write writes a snapshot the cache let go of (see stateCache.drain), if
+// its assignment is still current (see checkpoints).
+func (s *storeWrite) write(gen uint64, id string, v []byte, why uint32) {
+	a := s.gens[gen]
+	if a == nil || !s.own(a) {
+		return
+	}
 	if err := s.writes.Snapshot(a.agg.Name(), a.key.partition, id, v); err != nil && s.err == nil {
 		s.err = err
 	}
-	s.counts[s.reason]++
+	reason := writeReasons[why]
+	if s.stopping {
+		reason = writeStopped
+	}
+	s.counts[reason]++
 }
 
 // checkpoint writes next as a's partition's checkpoint.
@@ -110,23 +133,21 @@ func (s *storeWrite) checkpoint(a *assigned, next int64) {
 	}
 }
 
-// spill writes a dirty snapshot the cache lets go of, if its assignment is
-// still current (see checkpoints).
-func (s *storeWrite) spill(gen uint64, id string, v []byte) {
-	if a := s.gens[gen]; a != nil && s.own(a) {
-		s.snapshot(a, id, v)
-	}
-}
-
 // commit writes what was written to the store, and releases the locks.
+// After a failure the worker writes nothing more to the store: what the
+// write held is no longer in the cache, so a later checkpoint could pass
+// snapshots the store never got (a restart restores them).
 func (s *storeWrite) commit() error {
 	defer s.close()
-	if s.err != nil {
-		return s.err
+	err := s.err
+	if err == nil {
+		err = s.writes.Commit()
 	}
-	if err := s.writes.Commit(); err != nil {
+	if err != nil {
+		s.w.storeFailed = true
 		return err
 	}
+	s.w.cache.settle()
 	for reason, n := range s.counts {
 		s.w.metrics.storeWrites.WithLabelValues(reason).Add(float64(n))
 	}
@@ -150,6 +171,7 @@ func (s *storeWrite) close() {
 func (c *checkpoints) sweep(s *storeWrite, put int, batch []*assigned) {
 	cache := s.w.cache
 	if cache.nsegs == 0 {
+		cache.drain(s.write)
 		for _, a := range batch {
 			s.checkpoint(a, a.committed)
 		}
@@ -158,9 +180,9 @@ func (c *checkpoints) sweep(s *storeWrite, put int, batch []*assigned) {
 	if c.noted == nil {
 		c.note(s)
 	}
-	n := int(int64(put)*int64(cache.used())/s.w.cfg.CheckpointBytes) + 1
-	s.reason = writeSwept
-	if !cache.sweep(n, s.spill) {
+	round := cache.sweep(int(int64(put)*int64(cache.used())/s.w.cfg.CheckpointBytes) + 1)
+	cache.drain(s.write) // what the batch's puts let go of, then what the sweep passed
+	if !round {
 		return
 	}
 	for a, next := range c.noted {
@@ -188,12 +210,16 @@ func (c *checkpoints) note(s *storeWrite) {
 // every commit (a worker that stops, see checkpoints). Call it when no
 // batch is being applied.
 func (w *Worker) flush() error {
+	if w.storeFailed {
+		return nil // see storeWrite.commit
+	}
 	s := w.newStoreWrite(w.cache.used())
 	defer s.close()
-	s.reason = writeStopped
-	for !w.cache.sweep(0, s.spill) { // the rest of this round
+	s.stopping = true
+	for !w.cache.sweep(0) { // the rest of this round
 	}
-	w.cache.sweep(0, s.spill) // and the part of the ring it had passed
+	w.cache.sweep(0) // and the part of the ring it had passed
+	w.cache.drain(s.write)
 	for _, a := range s.gens {
 		if a.committed > 0 && s.own(a) {
 			s.checkpoint(a, a.committed)

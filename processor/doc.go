@@ -43,7 +43,9 @@
 //     changelog must be read again) moves on at the end of each round of
 //     the sweep (checkpoints.go tells why the store stays a prefix of the
 //     changelog). A snapshot too big for the cache is written to Pebble
-//     at once, in one Pebble batch with what the cache let go of. The
+//     at once, in one Pebble batch with what the cache let go of; until
+//     that batch is committed, the cache still serves what it let go of
+//     (the next batch may be deciding meanwhile). The
 //     batch's records and bytes are then reused. Only now: neither the
 //     cache nor Pebble holds state of a transaction that did not commit.
 //     Aborted: the overlays are dropped, and the session rewinds to the
@@ -88,7 +90,8 @@
 // changelog, as it does the snapshots of a batch that committed after its
 // partition was revoked. A restore reads at most about twice
 // Config.CheckpointBytes of snapshots more than the store lacks; a worker
-// that stops cleanly writes its cache back first and restores nothing.
+// that stops cleanly writes its cache back first, and restores nothing of
+// the partitions it held then.
 //
 // Defence in depth against lost or reset group offsets (KAFKA-20416): every
 // snapshot records the offset of the last command applied to its aggregate,

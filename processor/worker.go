@@ -134,6 +134,7 @@ type Worker struct {
 	metrics     *metrics
 	cache       *stateCache
 	checkpoints checkpoints               // of the state store, as the cache is written to it
+	storeFailed bool                      // a write to the store failed: nothing more is written (see storeWrite.commit)
 	sess        *kgo.GroupTransactSession // set under mu, for Ready
 	adm         *kadm.Client
 	topics      *topicCache
