@@ -209,9 +209,9 @@ func (s *Store) Apply(cs ...Commit) error {
 	for _, c := range cs {
 		o := c.Overlay
 		for i, id := range o.ids {
-			size += SnapshotSize(o.typ, id, o.entries[i].Value)
+			size += writeSize(o.typ, id, len(o.entries[i].Value))
 		}
-		size += SnapshotSize(o.typ, "", make([]byte, 8))
+		size += writeSize(o.typ, "", 8) // the checkpoint
 	}
 	w := s.NewWrites(size)
 	defer w.Close()
@@ -246,15 +246,15 @@ type Writes struct {
 }
 
 // NewWrites returns an empty set of writes with room for about size bytes
-// (see SnapshotSize): growing a batch copies it, again and again.
+// of snapshots: growing a batch copies it, again and again.
 func (s *Store) NewWrites(size int) *Writes {
 	return &Writes{s: s, b: s.db.NewBatchWithSize(12 + size)}
 }
 
-// SnapshotSize is about what a snapshot of aggregate id of type typ with
-// the given value takes in a Writes.
-func SnapshotSize(typ, id string, value []byte) int {
-	return 1 + 2*binary.MaxVarintLen32 + prefixLen(typ) + len(id) + len(value)
+// writeSize bounds what a write of a value of n bytes to a key of
+// aggregate id of type typ takes in a batch.
+func writeSize(typ, id string, n int) int {
+	return 1 + 2*binary.MaxVarintLen32 + prefixLen(typ) + len(id) + n
 }
 
 // Snapshot writes value as the snapshot of aggregate id in partition p of
@@ -278,9 +278,6 @@ func (w *Writes) Checkpoint(typ string, p int32, next int64) error {
 	w.n++
 	return nil
 }
-
-// Len returns the snapshots and checkpoints written so far.
-func (w *Writes) Len() int { return w.n }
 
 // Commit writes them to the store and closes w. Call it only once the
 // transactions that produced the snapshots are committed in Kafka.
