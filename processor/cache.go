@@ -119,16 +119,14 @@ func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte
 	h := c.hash(a, id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	found := func(e []byte) bool { return entryGen(e) == a.gen && string(entryID(e)) == id } // not another key of the same hash
 	var e []byte
-	if pos, ok := c.index[h]; ok {
+	if pos, ok := c.index[h]; ok && found(c.entry(pos)) {
 		e = c.entry(pos)
-	} else if off, ok := c.pendingAt[h]; ok {
+	} else if off, ok := c.pendingAt[h]; ok && found(c.pending[off:]) {
 		e = c.pending[off:] // let go of, not written yet
 	} else {
 		return nil, false
-	}
-	if entryGen(e) != a.gen || string(entryID(e)) != id {
-		return nil, false // another key of the same hash
 	}
 	v := entryValue(e)
 	return append(buf(len(v)), v...), true
