@@ -221,7 +221,7 @@ func (c *stateCache) drain(write func(gen uint64, id string, v []byte, why uint3
 func (c *stateCache) settle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cap(c.pending) > 2*c.size { // one large write-back: not kept
+	if cap(c.pending) > max(2*c.size, 1<<20) { // one large write-back: not kept
 		c.pending = nil
 	}
 	c.pending = c.pending[:0]

@@ -213,7 +213,7 @@ func (w *Worker) flush() error {
 	if w.storeFailed {
 		return nil // see storeWrite.commit
 	}
-	s := w.newStoreWrite(w.cache.used())
+	s := w.newStoreWrite(0) // most of the ring may be clean: the batch grows with what is dirty
 	defer s.close()
 	s.stopping = true
 	for !w.cache.sweep(0) { // the rest of this round
