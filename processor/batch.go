@@ -382,9 +382,9 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	case c.expectedVersion >= 0 && c.expectedVersion != st.version:
 		reply.Status, reply.Reason = schemas.Conflict, "version_mismatch"
 	default:
-		began := time.Now()
+		began := monotonic()
 		d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
-		pb.a.decideTime.Observe(time.Since(began).Seconds())
+		pb.a.decideTime.Observe((monotonic() - began).Seconds())
 		switch {
 		case errors.As(d.err, &rejection):
 			reply.Status, reply.Reason = schemas.Rejected, string(rejection)
@@ -413,6 +413,14 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	pb.stage(id, next)
 	return pb.sendReply(ctx, c, reply, v)
 }
+
+// clockBase is what monotonic counts from.
+var clockBase = time.Now()
+
+// monotonic reads the monotonic clock alone: time.Now reads the wall clock
+// too, and timing each command's Decide with it was 1.4% of the worker's
+// CPU flat out.
+func monotonic() time.Duration { return time.Since(clockBase) }
 
 // snapshotOverhead bounds what a snapshot record adds to its state: the
 // envelope and a full dedupe window of replies.
