@@ -50,11 +50,7 @@ func (l *recent) len() int {
 
 // newest returns the bodies of l's node's newest k replies, k <= count.
 func (l *recent) newest(k int) []byte {
-	b := l.bodies
-	for range l.count - k {
-		_, b, _ = schemas.NextReply(b) // well formed: ReadSnapshot checked them, or they were encoded here
-	}
-	return b
+	return schemas.SkipReplies(l.bodies, l.count-k) // well formed: ReadSnapshot checked them, or they were encoded here
 }
 
 // cut returns a fresh list of the newest n replies of l.

@@ -1,6 +1,7 @@
 package schemas_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/deciderhq/decider/examples/accounts"
@@ -56,6 +57,34 @@ func BenchmarkCodec(b *testing.B) {
 			for b.Loop() {
 				if _, err := reg.Decode(name, data); err != nil {
 					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFindReply searches a full dedupe window (32 replies with
+// UUID-like command ids) for a command id it does not hold, as the worker
+// does for almost every command, and for its oldest reply.
+func BenchmarkFindReply(b *testing.B) {
+	reg := schemas.NewRegistry()
+	var bodies []byte
+	id := func(i int) string { return fmt.Sprintf("%08x-7c1e-4b5a-9f3d-%012x", i, i*7919) }
+	for i := range 32 {
+		v, err := reg.AppendReply(nil, schemas.Reply{CommandID: id(i), AggregateID: "acc-12345", Status: schemas.Accepted, Version: int64(i), Events: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		bodies = append(bodies, v[schemas.FramingSize:]...)
+	}
+	for _, tc := range []struct {
+		name, id string
+		found    bool
+	}{{"new", id(99), false}, {"oldest", id(0), true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, ok := schemas.FindReply(bodies, tc.id); ok != tc.found {
+					b.Fatal(ok)
 				}
 			}
 		})

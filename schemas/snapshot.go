@@ -149,16 +149,15 @@ func ReadReply(body []byte) (Reply, error) {
 // another. It skips each reply by its fields' lengths without checking them
 // again: a search of the dedupe window runs for every command, and checked
 // as NextReply checks them, the replies of a full window took most of its
-// time. Bodies it cannot skip end the search.
+// time. Bodies it cannot skip end the search. (Searching the bodies for
+// commandID's bytes first, to take apart only those that hold them, took
+// longer than this: 535 against 428 ns for a full window of UUID-like ids
+// not holding it, BenchmarkFindReply.)
 func FindReply(bodies []byte, commandID string) ([]byte, bool) {
 	for start := 0; start < len(bodies); {
 		d := avroReader{buf: bodies, pos: start}
 		id := d.bytes()
-		d.bytes()    // aggregateId
-		d.varint(5)  // status
-		d.varint(10) // version
-		d.bytes()    // reason
-		d.varint(5)  // events
+		d.skipReplyAfterID()
 		if d.err != nil {
 			return nil, false
 		}
@@ -168,6 +167,30 @@ func FindReply(bodies []byte, commandID string) ([]byte, bool) {
 		start = d.pos
 	}
 	return nil, false
+}
+
+// SkipReplies returns bodies, replies as FindReply takes them, without
+// their first n, each skipped by its fields' lengths without checking it
+// (see FindReply); nil if there are fewer.
+func SkipReplies(bodies []byte, n int) []byte {
+	d := avroReader{buf: bodies}
+	for range n {
+		d.bytes() // commandId
+		d.skipReplyAfterID()
+	}
+	if d.err != nil {
+		return nil
+	}
+	return bodies[d.pos:]
+}
+
+// skipReplyAfterID skips the fields of a reply body after its commandId.
+func (d *avroReader) skipReplyAfterID() {
+	d.bytes()    // aggregateId
+	d.varint(5)  // status
+	d.varint(10) // version
+	d.bytes()    // reason
+	d.varint(5)  // events
 }
 
 // readSnapshotSlow is ReadSnapshot for a snapshot of another schema
