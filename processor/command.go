@@ -3,8 +3,10 @@ package processor
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/deciderhq/decider/schemas"
@@ -134,7 +136,7 @@ func parseCommand(c *command, r *kgo.Record, maxPayload int) error {
 
 // names interns the header values that repeat from command to command
 // (types, reply topics), so that reading them allocates nothing.
-var names = interner{m: map[string]string{}}
+var names interner
 
 // Bounds of the interned strings, so that callers sending ever new values
 // cannot grow them: past maxInterned values, or for a value longer than
@@ -144,20 +146,39 @@ const (
 	maxInternedBytes = 256
 )
 
+// interner looks values up without a lock, in a map that is never changed
+// once published: a new value (rare) publishes a copy with it added. (With
+// a mutex, the shares of a batch decided in parallel took turns for it,
+// twice a command.)
 type interner struct {
-	mu sync.Mutex
-	m  map[string]string
+	mu sync.Mutex                        // serialises additions
+	m  atomic.Pointer[map[string]string] // nil until the first addition
 }
 
 func (in *interner) intern(b []byte) string {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if s, ok := in.m[string(b)]; ok {
-		return s
+	if m := in.m.Load(); m != nil {
+		if s, ok := (*m)[string(b)]; ok {
+			return s
+		}
 	}
 	s := string(b)
-	if len(in.m) < maxInterned && len(b) <= maxInternedBytes {
-		in.m[s] = s
+	if len(b) > maxInternedBytes {
+		return s
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	var old map[string]string
+	if m := in.m.Load(); m != nil {
+		old = *m
+	}
+	if got, ok := old[s]; ok {
+		return got
+	}
+	if len(old) < maxInterned {
+		m := make(map[string]string, len(old)+1)
+		maps.Copy(m, old)
+		m[s] = s
+		in.m.Store(&m)
 	}
 	return s
 }
