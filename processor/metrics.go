@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 			Help: "From a command's record timestamp (its producer's clock) to the commit of its reply: send→reply as the worker sees it.", Buckets: latencyBuckets},
 			[]string{"aggregate_type"}),
 		decide: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "decide_duration_seconds",
-			Help: "Time in the domain's Decide and Evolve and the encoding of their output, per command.", Buckets: latencyBuckets},
+			Help: "Time in the domain's Decide and Evolve and the encoding of their output, per command, sampled: the first command of each batch's share of a partition and every eighth after it (count it with decider_commands_total).", Buckets: latencyBuckets},
 			[]string{"aggregate_type"}),
 		dedupeHits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dedupe_hits_total",
 			Help: "Commands whose id was in the aggregate's dedupe window: answered with the first reply, nothing written."},
