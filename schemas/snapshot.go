@@ -154,17 +154,15 @@ func ReadReply(body []byte) (Reply, error) {
 // longer than this: 535 against 428 ns for a full window of UUID-like ids
 // not holding it, BenchmarkFindReply.)
 func FindReply(bodies []byte, commandID string) ([]byte, bool) {
-	for start := 0; start < len(bodies); {
-		d := avroReader{buf: bodies, pos: start}
-		id := d.bytes()
-		d.skipReplyAfterID()
-		if d.err != nil {
+	for pos := 0; pos < len(bodies); {
+		idStart, idEnd, end := skipReply(bodies, pos)
+		if end < 0 {
 			return nil, false
 		}
-		if string(id) == commandID {
-			return bodies[start:d.pos:d.pos], true
+		if string(bodies[idStart:idEnd]) == commandID {
+			return bodies[pos:end:end], true
 		}
-		start = d.pos
+		pos = end
 	}
 	return nil, false
 }
@@ -173,24 +171,70 @@ func FindReply(bodies []byte, commandID string) ([]byte, bool) {
 // their first n, each skipped by its fields' lengths without checking it
 // (see FindReply); nil if there are fewer.
 func SkipReplies(bodies []byte, n int) []byte {
-	d := avroReader{buf: bodies}
+	pos := 0
 	for range n {
-		d.bytes() // commandId
-		d.skipReplyAfterID()
+		_, _, pos = skipReply(bodies, pos)
 	}
-	if d.err != nil {
+	if pos < 0 {
 		return nil
 	}
-	return bodies[d.pos:]
+	return bodies[pos:]
 }
 
-// skipReplyAfterID skips the fields of a reply body after its commandId.
-func (d *avroReader) skipReplyAfterID() {
-	d.bytes()    // aggregateId
-	d.varint(5)  // status
-	d.varint(10) // version
-	d.bytes()    // reason
-	d.varint(5)  // events
+// The functions that skip replies keep their offset in a local variable,
+// not in an avroReader, whose position the compiler kept in memory: a load
+// and a store for every byte read (a full window searched: 400 → 290 ns,
+// BenchmarkFindReply). An offset of -1 is what cannot be skipped, and
+// skips to -1.
+
+// skipReply skips the reply body at pos in b: it returns where its
+// commandId's bytes are and the offset after it.
+func skipReply(b []byte, pos int) (idStart, idEnd, end int) {
+	idStart, idEnd = skipBytes(b, pos)
+	_, end = skipBytes(b, idEnd) // aggregateId
+	end = skipVarint(b, end, 5)  // status
+	end = skipVarint(b, end, 10) // version
+	_, end = skipBytes(b, end)   // reason
+	end = skipVarint(b, end, 5)  // events
+	return idStart, idEnd, end
+}
+
+// skipVarint returns the offset after the varint of at most max bytes at
+// pos in b.
+func skipVarint(b []byte, pos, max int) int {
+	if pos < 0 {
+		return -1
+	}
+	for end := min(len(b), pos+max); pos < end; pos++ {
+		if b[pos] < 0x80 {
+			return pos + 1
+		}
+	}
+	return -1
+}
+
+// skipBytes returns where the content of the Avro bytes (or string) at pos
+// in b begins and ends.
+func skipBytes(b []byte, pos int) (start, end int) {
+	if pos >= 0 && pos < len(b) && b[pos]&0x81 == 0 { // a length below 64: one zigzag byte, even
+		if end = pos + 1 + int(b[pos]>>1); end <= len(b) {
+			return pos + 1, end
+		}
+	}
+	return skipLongBytes(b, pos)
+}
+
+// skipLongBytes is skipBytes for any length, so that skipBytes inlines.
+func skipLongBytes(b []byte, pos int) (start, end int) {
+	if pos < 0 {
+		return -1, -1
+	}
+	d := avroReader{buf: b, pos: pos}
+	v := d.bytes()
+	if d.err != nil {
+		return -1, -1
+	}
+	return d.pos - len(v), d.pos
 }
 
 // readSnapshotSlow is ReadSnapshot for a snapshot of another schema
