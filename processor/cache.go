@@ -49,12 +49,12 @@ import (
 type stateCache struct {
 	mu    sync.Mutex
 	seed  maphash.Seed
-	index map[uint64]uint64 // hash of (assignment, id) → position: segment<<32 | offset
-	segs  [][]byte          // the ring, grown a segment at a time up to nsegs as it is first written
-	nsegs int               // of the ring: 0 disables the cache
-	cur   int               // the segment being written
-	size  int               // of a segment: the largest entry cached
-	bytes int64             // of the entries the index points to
+	index posIndex // hash of (assignment, id) → position: segment<<32 | offset
+	segs  [][]byte // the ring, grown a segment at a time up to nsegs as it is first written
+	nsegs int      // of the ring: 0 disables the cache
+	cur   int      // the segment being written
+	size  int      // of a segment: the largest entry cached
+	bytes int64    // of the entries the index points to
 
 	sweepSeg, sweepOff int // where the next sweep goes on: segment and offset
 
@@ -90,7 +90,7 @@ const (
 const maxSegment = 4 << 20
 
 func newStateCache(maxBytes int64) *stateCache {
-	c := &stateCache{seed: maphash.MakeSeed(), index: map[uint64]uint64{}, pendingAt: map[uint64]int{}}
+	c := &stateCache{seed: maphash.MakeSeed(), pendingAt: map[uint64]int{}}
 	if maxBytes > 0 {
 		c.size = int(min(maxSegment, max(maxBytes/16, 1)))
 		c.nsegs = int(min(max(maxBytes/int64(c.size), 1), 1<<31)) // a position keeps 32 bits for the segment
@@ -99,8 +99,9 @@ func newStateCache(maxBytes int64) *stateCache {
 	return c
 }
 
+// hash returns the key's hash, never 0 (see posIndex).
 func (c *stateCache) hash(a *assigned, id string) uint64 {
-	return maphash.String(c.seed, id) ^ a.gen*0x9e3779b97f4a7c15
+	return max(maphash.String(c.seed, id)^a.gen*0x9e3779b97f4a7c15, 1)
 }
 
 // entry is the entry at a position of the index.
@@ -131,7 +132,7 @@ func (c *stateCache) get(a *assigned, id string, buf func(n int) []byte) ([]byte
 	defer c.mu.Unlock()
 	found := func(e []byte) bool { return entryGen(e) == a.gen && string(entryID(e)) == id } // not another key of the same hash
 	var e []byte
-	if pos, ok := c.index[h]; ok && found(c.entry(pos)) {
+	if pos, ok := c.index.get(h); ok && found(c.entry(pos)) {
 		e = c.entry(pos)
 	} else if off, ok := c.pendingAt[h]; ok && found(c.pending[off:]) {
 		e = c.pending[off:] // let go of, not written yet
@@ -151,7 +152,7 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 	room := len(v)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if pos, ok := c.index[h]; ok {
+	if pos, ok := c.index.get(h); ok {
 		e := c.entry(pos)
 		same := entryGen(e) == a.gen && string(entryID(e)) == id
 		if same && int(binary.LittleEndian.Uint32(e[24:])) >= len(v) {
@@ -184,7 +185,7 @@ func (c *stateCache) put(a *assigned, id string, v []byte) {
 	if seg == nil {
 		seg = make([]byte, 0, c.size)
 	}
-	c.index[h] = uint64(c.cur)<<32 | uint64(len(seg))
+	c.index.set(h, uint64(c.cur)<<32|uint64(len(seg)))
 	c.segs[c.cur] = appendEntry(seg, h, a.gen, id, v, room, entryIsDirty)
 	c.bytes += int64(n)
 }
@@ -240,7 +241,7 @@ func (c *stateCache) settle() {
 
 // drop takes entry e, of hash h, out of the index.
 func (c *stateCache) drop(h uint64, e []byte) {
-	delete(c.index, h)
+	c.index.delete(h)
 	setEntryFlag(e, entryIsStale, true)
 	c.bytes -= int64(entrySize(e))
 }

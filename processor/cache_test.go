@@ -38,7 +38,8 @@ func TestStateCache(t *testing.T) {
 	}
 	// A hash that points at another key's entry is a miss.
 	c.put(a, "y", []byte("why"))
-	c.index[c.hash(a, "z")] = c.index[c.hash(a, "y")]
+	pos, _ := c.index.get(c.hash(a, "y"))
+	c.index.set(c.hash(a, "z"), pos)
 	if got, ok := c.get(a, "z", heapBuf); ok {
 		t.Errorf("get(z) served y's entry %q", got)
 	}
@@ -97,7 +98,7 @@ func TestStateCacheRing(t *testing.T) {
 				if !bytes.Equal(got, want) {
 					t.Fatalf("after %d puts get(%d/%s) = %d bytes, want %d", i+1, k.a.gen, k.id, len(got), len(want))
 				}
-				pos := c.index[c.hash(k.a, k.id)]
+				pos, _ := c.index.get(c.hash(k.a, k.id))
 				held += int64(entrySize(c.segs[pos>>32][uint32(pos):]))
 			}
 		}
@@ -187,7 +188,7 @@ func checkWriteBack(t *testing.T, c *stateCache, as map[uint64]*assigned, last, 
 	t.Helper()
 	for k, want := range last {
 		got, hit := c.get(as[k.gen], k.id, heapBuf)
-		pos, indexed := c.index[c.hash(as[k.gen], k.id)]
+		pos, indexed := c.index.get(c.hash(as[k.gen], k.id))
 		switch {
 		case hit && !bytes.Equal(got, want):
 			t.Fatalf("get(%v) = %d bytes, want %d", k, len(got), len(want))
@@ -222,7 +223,7 @@ func TestStateCacheInPlace(t *testing.T) {
 	}
 	before := c.len()
 	c.put(a, "7", make([]byte, 120)) // grew past its room
-	pos := c.index[c.hash(a, "7")]
+	pos, _ := c.index.get(c.hash(a, "7"))
 	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/4 {
 		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/4)
 	}
@@ -234,28 +235,51 @@ func TestStateCacheInPlace(t *testing.T) {
 	}
 }
 
-// BenchmarkStateCache is a hit and a put of a snapshot of the bench's size
-// (≈ 300 bytes) among 100k aggregates in the default 64 MiB cache.
+// BenchmarkStateCache is the state cache in the default 64 MiB with
+// snapshots of the bench's size (≈ 300 bytes): a hit and a put among 100k
+// aggregates; and a lookup and a put of a million aggregates in random
+// order, a fifth of which the cache holds: mostly misses, and puts that
+// evict (written back every thousand puts, as the worker does after each
+// batch).
 func BenchmarkStateCache(b *testing.B) {
-	const n = 100000
-	a := &assigned{gen: assignments.Add(1)}
-	c := newStateCache(64 << 20)
-	ids := make([]string, n)
 	v := bytes.Repeat([]byte{1}, 300)
-	for i := range ids {
-		ids[i] = fmt.Sprint("acc-", i)
-		c.put(a, ids[i], v)
+	ids := func(n int) []string {
+		ids := make([]string, n)
+		for i := range ids {
+			ids[i] = fmt.Sprint("acc-", i)
+		}
+		return ids
 	}
 	buf := make([]byte, 0, 512)
-	i := 0
-	for b.Loop() {
-		id := ids[i%n]
-		if _, ok := c.get(a, id, func(int) []byte { return buf[:0] }); !ok {
-			b.Fatalf("miss of %s", id)
+	b.Run("100k-hits", func(b *testing.B) {
+		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), ids(100000)
+		for _, id := range ids {
+			c.put(a, id, v)
 		}
-		c.put(a, id, v)
-		i++
-	}
+		i := 0
+		for b.Loop() {
+			id := ids[i%len(ids)]
+			if _, ok := c.get(a, id, func(int) []byte { return buf[:0] }); !ok {
+				b.Fatalf("miss of %s", id)
+			}
+			c.put(a, id, v)
+			i++
+		}
+	})
+	b.Run("1M-random", func(b *testing.B) {
+		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), ids(1000000)
+		rng := rand.New(rand.NewPCG(1, 2))
+		i := 0
+		for b.Loop() {
+			id := ids[rng.IntN(len(ids))]
+			c.get(a, id, func(int) []byte { return buf[:0] })
+			c.put(a, id, v)
+			if i++; i%1000 == 0 {
+				c.drain(func(uint64, string, []byte, uint32) {})
+				c.settle()
+			}
+		}
+	})
 }
 
 // The id filter never says absent of an id added to it, says nothing until
