@@ -73,7 +73,7 @@ func addWorkerFlags(fs *flag.FlagSet, httpDefault string) workerFlags {
 		txnTimeout: fs.Duration("transaction-timeout", 10*time.Second, "transaction timeout: an open transaction is aborted after it"),
 		rebalance:  fs.Duration("rebalance-timeout", time.Minute, "how long a rebalance waits for members to rejoin; must exceed a batch's time"),
 		restoreBuf: fs.Int("restore-buffer", 8<<20, "bytes of snapshots a partition's restore holds before writing them to the state store as one table"),
-		stateCache: fs.Int64("state-cache", 64<<20, "bytes of committed snapshots kept in memory in front of the state store (negative: none)"),
+		stateCache: fs.Int64("state-cache", 128<<20, "bytes of committed snapshots kept in memory in front of the state store (negative: none)"),
 		checkpoint: fs.Int64("checkpoint-bytes", 256<<20, "bytes of committed snapshots the state store may fall behind by: the state cache writes each aggregate to it once per this many (a crashed worker reads up to twice this much of its changelog again)"),
 		maxPoll:    fs.Int("max-poll-records", 10000, "most commands one transaction decides; a worker behind by a full poll decides the next one while the last one commits"),
 		blockCache: fs.Int64("block-cache", 256<<20, "bytes of the state store's block cache"),
