@@ -389,12 +389,14 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	case c.expectedVersion >= 0 && c.expectedVersion != st.version:
 		reply.Status, reply.Reason = schemas.Conflict, "version_mismatch"
 	default:
-		if pb.decided%decideSample == 0 {
-			began := monotonic()
-			d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
-			pb.a.decideTime.Observe((monotonic() - began).Seconds())
-		} else {
-			d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
+		var began time.Time
+		timed := pb.decided%decideSample == 0
+		if timed {
+			began = time.Now()
+		}
+		d = decide(agg, st.state, cmd, w.cfg.MaxRecordBytes)
+		if timed {
+			pb.a.decideTime.Observe(time.Since(began).Seconds())
 		}
 		pb.decided++
 		switch {
@@ -425,13 +427,6 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	pb.stage(id, next)
 	return pb.sendReply(ctx, c, reply, v)
 }
-
-// clockBase is what monotonic counts from.
-var clockBase = time.Now()
-
-// monotonic reads the monotonic clock alone: time.Now reads the wall clock
-// too.
-func monotonic() time.Duration { return time.Since(clockBase) }
 
 // decideSample: one command in decideSample of each share is timed for
 // decide_duration_seconds (its first, then every decideSample-th). Timing
@@ -609,20 +604,18 @@ func (pb *partBatch) sendReply(ctx context.Context, c *command, rep schemas.Repl
 		return nil
 	}
 	w := pb.b.w
-	n, err := pb.replyPartitions, error(nil)
 	if c.replyTo != pb.replyTopic {
-		n, err = w.topics.partitions(ctx, c.replyTo)
-	}
-	if err == nil {
+		n, err := w.topics.partitions(ctx, c.replyTo)
+		if errors.Is(err, errNoTopic) {
+			w.log.Debug("reply dropped: the reply topic does not exist", "command", c.id, "topic", c.replyTo)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reply to %s: %w", c.id, err)
+		}
 		pb.replyTopic, pb.replyPartitions = c.replyTo, n
 	}
-	if errors.Is(err, errNoTopic) {
-		w.log.Debug("reply dropped: the reply topic does not exist", "command", c.id, "topic", c.replyTo)
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reply to %s: %w", c.id, err)
-	}
+	n := pb.replyPartitions
 	p := c.replyPartition
 	if p < 0 || p >= n {
 		p = topology.Partition([]byte(c.id), n)

@@ -235,8 +235,8 @@ func TestStateCacheInPlace(t *testing.T) {
 	}
 }
 
-// BenchmarkStateCache is the state cache in the default 64 MiB with
-// snapshots of the bench's size (≈ 300 bytes): a hit and a put among 100k
+// BenchmarkStateCache is the state cache in 64 MiB (half the default)
+// with snapshots of the bench's size (≈ 300 bytes): a hit and a put among 100k
 // aggregates; and a lookup and a put of a million aggregates in random
 // order, a fifth of which the cache holds: mostly misses, and puts that
 // evict (written back every thousand puts, as the worker does after each
