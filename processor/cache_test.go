@@ -224,8 +224,8 @@ func TestStateCacheInPlace(t *testing.T) {
 	before := c.len()
 	c.put(a, "7", make([]byte, 120)) // grew past its room
 	pos, _ := c.index.get(c.hash(a, "7"))
-	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/4 {
-		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/4)
+	if room := binary.LittleEndian.Uint32(c.segs[pos>>32][uint32(pos)+24:]); room < 120+120/2 {
+		t.Errorf("a grown entry has room for %d bytes, want at least %d", room, 120+120/2)
 	}
 	if c.len() <= before {
 		t.Errorf("the cache counts %d bytes after an entry grew, %d before", c.len(), before)

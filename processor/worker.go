@@ -57,7 +57,7 @@ type Config struct {
 	// StateCacheBytes bounds the cache of committed snapshots in front of
 	// the state store, which it writes back to the store later (see
 	// CheckpointBytes): the memory of the ring it writes snapshots to, each
-	// with its id and 32 bytes, and a quarter more room for one that grew
+	// with its id and 32 bytes, and half as much more room for one that grew
 	// (its index adds 32 to 64 bytes an entry). A snapshot larger than a
 	// sixteenth of it, or than 4 MiB, is not cached (it is written to the
 	// store at its commit). Default 128 MiB; negative disables it: every
