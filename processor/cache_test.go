@@ -243,7 +243,7 @@ func TestStateCacheInPlace(t *testing.T) {
 // batch).
 func BenchmarkStateCache(b *testing.B) {
 	v := bytes.Repeat([]byte{1}, 300)
-	ids := func(n int) []string {
+	accountIDs := func(n int) []string {
 		ids := make([]string, n)
 		for i := range ids {
 			ids[i] = fmt.Sprint("acc-", i)
@@ -252,7 +252,7 @@ func BenchmarkStateCache(b *testing.B) {
 	}
 	buf := make([]byte, 0, 512)
 	b.Run("100k-hits", func(b *testing.B) {
-		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), ids(100000)
+		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), accountIDs(100000)
 		for _, id := range ids {
 			c.put(a, id, v)
 		}
@@ -267,7 +267,7 @@ func BenchmarkStateCache(b *testing.B) {
 		}
 	})
 	b.Run("1M-random", func(b *testing.B) {
-		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), ids(1000000)
+		a, c, ids := &assigned{gen: assignments.Add(1)}, newStateCache(64<<20), accountIDs(1000000)
 		rng := rand.New(rand.NewPCG(1, 2))
 		i := 0
 		for b.Loop() {
