@@ -50,12 +50,18 @@ func newBatch(w *Worker, fetches kgo.Fetches, prev *batch) *batch {
 	b := &batch{w: w, fetches: fetches}
 	b.promise = b.written
 	if prev != nil {
-		b.prev = make(map[*assigned][]*partBatch, len(prev.parts))
-		for _, pb := range prev.parts {
-			b.prev[pb.a] = append(b.prev[pb.a], pb)
-		}
+		b.prev = sharesOf(prev.parts)
 	}
 	return b
+}
+
+// sharesOf returns parts by partition assignment.
+func sharesOf(parts []*partBatch) map[*assigned][]*partBatch {
+	m := make(map[*assigned][]*partBatch, len(parts))
+	for _, pb := range parts {
+		m[pb.a] = append(m[pb.a], pb)
+	}
+	return m
 }
 
 // Classes of reasons to abort a batch.

@@ -54,13 +54,12 @@
 //     that changed a state in place cannot leave it in the cache.)
 //  6. Meanwhile the loop polls the next commands while the batch's records
 //     are flushed, as they come (franz-go sends a partition's next fetch
-//     only once its last one was polled). If they make a full poll (the
-//     worker is behind), it decides them (step 1) while the batch's
-//     transaction ends; else they wait for the end, and join what came
-//     meanwhile: a batch decided beside the end would hold only what came
-//     during the flush, and what came during the rest of the end would wait
-//     for one transaction more. The next batch begins once the end is
-//     known; if the transaction did not commit, what was polled beside it
+//     only once its last one was polled), and decides them (step 1) while
+//     the batch's transaction ends. Once the end is known, what came
+//     during it joins the next batch unless that is a full poll: it is
+//     decided after the batch's own commands, on their results, so that no
+//     command waits for one transaction more. The next batch then begins;
+//     if the transaction did not commit, what was polled beside it
 //     (decided, on state that never was, or not) is dropped unproduced, and
 //     the commands of both are polled again. Two things keep the offsets
 //     right: the session commits the offsets of every poll made before its
