@@ -232,7 +232,7 @@ type partBatch struct {
 	bodies  [][]byte      // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena        // the records and bytes produced
 	cmd     command       // the command being handled
-	prev    []*partBatch  // the partition's shares of the previous batch, if its transaction was ending when this one began
+	prev    []*partBatch  // the partition's shares of the previous batch, if its transaction was ending when this one began (or of this batch's first commands, when it is topped up), in the order they were decided
 
 	// The reply topic last looked up, and its partitions: nearly every
 	// command of a share names the same, and the worker's cache of
@@ -302,7 +302,10 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	}
 	w := pb.b.w
 	agg := pb.a.agg
-	for _, prev := range pb.prev {
+	// The newest first: a batch topped up after the end before it
+	// (Worker.topUp) can hold an aggregate in two of a partition's shares,
+	// the later one newer.
+	for _, prev := range slices.Backward(pb.prev) {
 		if e, ok := prev.overlay.Get(id); ok {
 			// Decoded again from a copy: the previous batch's arenas,
 			// which its state points into, are reused before this

@@ -12,6 +12,7 @@ import (
 
 	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/schemas"
+	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -461,6 +462,44 @@ func TestMergeFetches(t *testing.T) {
 	}
 	if mergeFetches(nil, kgo.NewErrFetch(context.Canceled)) != nil {
 		t.Error("a poll cut short and nothing else merged into something")
+	}
+}
+
+// A batch topped up after the end before it (Worker.topUp) can hold an
+// aggregate in two shares of a partition, and the batch decided beside
+// its end must read the later one.
+func TestLoadReadsTheNewestShare(t *testing.T) {
+	app, err := accounts.App(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, _ := app.Aggregate(accounts.Name)
+	store, err := statestore.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	w, err := New(Config{App: app, Store: store, InstanceID: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
+	state, err := agg.EncodeState(agg.Initial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := func(version int64) *partBatch {
+		pb := &partBatch{a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0)}
+		pb.overlay.Put("acc-1", statestore.Entry{Value: agg.Schemas().AppendSnapshot(nil, "acc-1", version, version, state, 0, nil)})
+		return pb
+	}
+	pb := &partBatch{b: &batch{w: w}, a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0), ar: w.arenas.get(), prev: []*partBatch{share(1), share(2)}}
+	s, err := pb.load("acc-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.version != 2 {
+		t.Fatalf("loaded version %d of the previous batch's shares, want the newer: 2", s.version)
 	}
 }
 
