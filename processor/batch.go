@@ -40,7 +40,6 @@ type batch struct {
 	// The end of the batch's transaction, in the background.
 	pollCtx   context.Context    // of the poll made meanwhile; cancelled once the records are flushed
 	stopPoll  context.CancelFunc // cancels pollCtx
-	polled    chan struct{}      // closed when that poll returned: End may read the session's offsets
 	done      chan struct{}      // closed when the transaction ended, and a committed one is applied
 	committed bool               // set before done: the transaction committed
 	endErr    error              // set before done: an error that ends the session
@@ -198,7 +197,7 @@ func (b *batch) produce() {
 	for _, pb := range b.parts {
 		for _, o := range pb.ar.outs {
 			b.produced.Add(1)
-			b.w.sess.Produce(context.Background(), o.r, o.promise)
+			b.w.sess.cl.Produce(context.Background(), o.r, o.promise)
 		}
 	}
 }

@@ -4,9 +4,11 @@
 //
 // # The transaction
 //
-// A Worker runs franz-go's GroupTransactSession with the transactional id
-// "<app>-<instance>" (stable across restarts: a restarted instance fences its
-// former self). Each batch (at most MaxPollRecords commands, from one poll
+// A Worker is one franz-go client, a group consumer and a transactional
+// producer with the transactional id "<app>-<instance>" (stable across
+// restarts: a restarted instance fences its former self), whose
+// transactions it ends itself (txn.go tells how, and why not with
+// kgo.GroupTransactSession). Each batch (at most MaxPollRecords commands, from one poll
 // or from the polls made while the transaction before it ended, step 6) is
 // one transaction:
 //
@@ -27,14 +29,17 @@
 //     touched becomes a record for partition p of A.T.snapshots: one
 //     snapshot per aggregate per transaction, as Kafka Streams' record
 //     cache writes its changelog.
-//  2. Begin, and produce the batch's records. The rest of the batch's
-//     transaction, steps 3 to 5, runs beside the poll loop.
-//  3. Flush, and wait for every record's acknowledgement. Any failed record
-//     makes the transaction abort: deciding to commit before every record is
-//     known written would commit offsets without their records.
-//  4. End: the batch's consumer offsets are committed in the transaction
-//     (KIP-447, with the group generation, so a worker that lost its
-//     partitions cannot commit), then EndTxn.
+//  2. Begin, produce the batch's records, and send the batch's consumer
+//     offsets into the transaction (TxnOffsetCommit, KIP-447: with the
+//     group generation, so a worker that lost its partitions cannot commit
+//     them). The rest of the batch's transaction, steps 3 to 5, runs beside
+//     the poll loop.
+//  3. Flush, and wait for every record's acknowledgement and for the
+//     offsets. Any failed record makes the transaction abort: deciding to
+//     commit before every record is known written would commit offsets
+//     without their records.
+//  4. End: EndTxn, a commit unless a record or the offsets failed or
+//     partitions were revoked or lost since the transaction began.
 //  5. Committed: the overlays' snapshots are put in the state cache
 //     (copied), which writes them back to Pebble later, each aggregate once
 //     however many transactions changed it meanwhile: when it evicts them,
@@ -61,16 +66,11 @@
 //     command waits for one transaction more. The next batch then begins;
 //     if the transaction did not commit, what was polled beside it
 //     (decided, on state that never was, or not) is dropped unproduced, and
-//     the commands of both are polled again. Two things keep the offsets
-//     right: the session commits the offsets of every poll made before its
-//     End, so End waits for the polls beside it and the commit is pinned to
-//     the batch's own offsets (PreTxnCommitFnContext); and after an abort
-//     the session puts its position back to the offsets it last committed,
-//     which already include the polls made before that commit, so the
-//     worker sets it back to the first commands that did not commit. A
-//     batch decided beside an End during which one of its partitions was
-//     revoked is dropped the same way even when that End committed: the
-//     End clears the session's mark that would abort the next transaction.
+//     the commands of both are polled again: the worker sets the client's
+//     position back to the first commands that did not commit. A batch
+//     decided beside an End during which one of its partitions was revoked
+//     is dropped the same way even when that End committed: the End clears
+//     the session's mark that would abort the next transaction.
 //
 // # Recovery
 //

@@ -133,9 +133,9 @@ type Worker struct {
 	log         *slog.Logger
 	metrics     *metrics
 	cache       *stateCache
-	checkpoints checkpoints               // of the state store, as the cache is written to it
-	storeFailed bool                      // a write to the store failed: nothing more is written (see storeWrite.commit)
-	sess        *kgo.GroupTransactSession // set under mu, for Ready
+	checkpoints checkpoints // of the state store, as the cache is written to it
+	storeFailed bool        // a write to the store failed: nothing more is written (see storeWrite.commit)
+	sess        *txnSession // set under mu, for Ready
 	adm         *kadm.Client
 	topics      *topicCache
 
@@ -266,10 +266,8 @@ func (w *Worker) session(ctx context.Context) error {
 		// unregisters them when it closes, so each session gets its own.
 		opts = append(opts, kgo.WithHooks(kprom.NewMetrics("decider", kprom.Subsystem("kafka"), kprom.Registerer(w.cfg.Registerer))))
 	}
-	sess, err := kgo.NewGroupTransactSession(append(opts,
-		kgo.ConsumerGroup(w.cfg.App.Group()),
+	sess, err := newTxnSession(append(opts,
 		kgo.ConsumeTopics(w.cfg.App.CommandTopics()...),
-		kgo.TransactionalID(w.TransactionalID()),
 		kgo.TransactionTimeout(w.cfg.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -282,24 +280,22 @@ func (w *Worker) session(ctx context.Context) error {
 		// its first command's extra latency too.
 		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.OnPartitionsAssigned(w.onAssigned),
-		kgo.OnPartitionsRevoked(w.onRevoked),
-		kgo.OnPartitionsLost(w.onRevoked),
 		kgo.Balancers(ownersBalancer{kgo.CooperativeStickyBalancer(), w}),
-	)...)
+	), w.cfg.App.Group(), w.TransactionalID(), w.log, w.onRevoked)
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.TransactionalID(), err)
 	}
 	w.mu.Lock()
 	w.sess = sess
 	w.mu.Unlock()
-	w.adm = kadm.NewClient(sess.Client())
+	w.adm = kadm.NewClient(sess.cl)
 	w.topics = newTopicCache(w.adm, w.log)
 	defer func() {
 		w.mu.Lock()
 		w.stopRestores() // the session's revoke callback may be skipped
 		w.sess = nil
 		w.mu.Unlock()
-		sess.Close() // leaves the group
+		sess.close() // leaves the group
 		w.wg.Wait()
 	}()
 	if err := topology.VerifyTopics(ctx, w.adm, w.cfg.App); err != nil {
@@ -340,9 +336,9 @@ func (w *Worker) loop(ctx context.Context) error {
 	for {
 		var fetches kgo.Fetches
 		if ending == nil {
-			fetches = w.sess.PollRecords(ctx, w.cfg.MaxPollRecords)
+			fetches = w.sess.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
 		} else {
-			fetches = ending.gather(w.sess, w.cfg.MaxPollRecords)
+			fetches = ending.gather(w.sess.cl, w.cfg.MaxPollRecords)
 		}
 		stopping := ctx.Err() != nil || fetches.IsClientClosed()
 		var b *batch
@@ -372,13 +368,13 @@ func (w *Worker) loop(ctx context.Context) error {
 		if b == nil {
 			continue
 		}
-		if err := w.sess.Begin(); err != nil {
+		if err := w.sess.cl.BeginTransaction(); err != nil {
 			b.release()
 			// Only a producer left in a fatal state refuses to begin.
 			return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
 		}
 		b.pollCtx, b.stopPoll = context.WithCancel(ctx)
-		b.polled, b.done = make(chan struct{}), make(chan struct{})
+		b.done = make(chan struct{})
 		go w.end(ctx, b)
 		ending = b
 	}
@@ -410,7 +406,7 @@ func (w *Worker) topUp(ctx context.Context, b *batch) {
 	if n >= w.cfg.MaxPollRecords {
 		return
 	}
-	more := w.sess.PollRecords(buffered, w.cfg.MaxPollRecords-n)
+	more := w.sess.cl.PollRecords(buffered, w.cfg.MaxPollRecords-n)
 	if more.NumRecords() == 0 {
 		return
 	}
@@ -556,16 +552,12 @@ func shares(records []*kgo.Record, procs, total int) [][]*kgo.Record {
 }
 
 // gather polls the next commands while b's records are flushed, until
-// they are all written or max commands came, and returns what came. The
-// session's End commits the offsets of every poll made before it, and puts
-// the session's position back to them after: a poll during End would be
-// polled again. So End waits for gather, and b's End commits only its own
-// offsets (pinOffsets).
-func (b *batch) gather(sess *kgo.GroupTransactSession, max int) kgo.Fetches {
-	defer close(b.polled)
+// they are all written or max commands came, and returns what came: the
+// loop decides them while b's transaction ends.
+func (b *batch) gather(cl *kgo.Client, max int) kgo.Fetches {
 	var got kgo.Fetches
 	for n := 0; n < max; n = got.NumRecords() {
-		polled := sess.PollRecords(b.pollCtx, max-n)
+		polled := cl.PollRecords(b.pollCtx, max-n)
 		got = mergeFetches(got, polled)
 		if polled.NumRecords() == 0 { // cut short, or errors only
 			break
@@ -620,10 +612,10 @@ func mergeFetches(a, b kgo.Fetches) kgo.Fetches {
 	return kgo.Fetches{out}
 }
 
-// end ends b's transaction: it produces b's records, waits for them, and
-// commits (or aborts) the transaction with b's offsets; a committed batch
-// is then applied to the store. It runs beside the loop, which polls and
-// decides the next batch meanwhile; done is closed when it is over.
+// end ends b's transaction: it produces b's records and puts b's offsets in
+// the transaction, waits for both, and commits (or aborts) it; a committed
+// batch is then applied to the store. It runs beside the loop, which polls
+// and decides the next batch meanwhile; done is closed when it is over.
 func (w *Worker) end(ctx context.Context, b *batch) {
 	defer close(b.done)
 	defer b.stopPoll()
@@ -633,27 +625,35 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	b.produce()
+	offsets := make(chan error, 1)
+	go func() { offsets <- w.sess.commitOffsets(endCtx, b) }()
 	// Every record must be acknowledged before deciding to commit: a record
 	// that failed (its promise reports it) must abort the transaction, or
-	// the offsets would commit without it. End would flush too, but only
-	// after the decision.
+	// the offsets would commit without it.
 	try := kgo.TryCommit
-	if err := w.sess.Client().Flush(endCtx); err != nil {
+	cl := w.sess.cl
+	if err := cl.Flush(endCtx); err != nil {
 		b.abort(abortProduceFailed, fmt.Errorf("flush: %w", err))
 		// Records that could not be written in time (a partition without
 		// a leader) are failed, so that their promises run.
-		_ = w.sess.Client().AbortBufferedRecords(endCtx)
+		_ = cl.AbortBufferedRecords(endCtx)
 	}
 	b.produced.Wait()
 	b.stopPoll()
-	<-b.polled
+	// The offsets are in the transaction, or failed, before it ends: a
+	// request of this transaction must not reach the broker after its
+	// EndTxn.
+	offsetsErr := <-offsets
 	w.at(AfterProduce)
 	abortKind, abortErr := b.abortReason()
-	if abortErr != nil {
+	switch {
+	case abortErr != nil:
 		w.log.Warn("aborting transaction", "reason", abortErr)
 		try = kgo.TryAbort
+	case offsetsErr != nil:
+		w.log.Warn("aborting transaction", "reason", offsetsErr)
 	}
-	committed, err := w.sess.End(kgo.PreTxnCommitFnContext(endCtx, b.pinOffsets), try)
+	committed, err := w.sess.end(endCtx, try, offsetsErr)
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
@@ -676,7 +676,7 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 		// An EndTxn whose outcome is unknown leaves the client in the
 		// transaction until it is told to abort; the abort re-initialises the
 		// producer id, which fences whatever the broker still holds open.
-		if err := w.sess.Client().EndTransaction(endCtx, kgo.TryAbort); err != nil {
+		if err := cl.EndTransaction(endCtx, kgo.TryAbort); err != nil {
 			if isFenced(err) {
 				b.endErr = fmt.Errorf("%w: %w", ErrFenced, err)
 				return
@@ -706,35 +706,32 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	w.wrote()
 }
 
-// pinOffsets makes the commit of b's transaction carry b's offsets: the
-// session puts the offsets of every poll so far in it, and the next batch
-// was polled before it (PreTxnCommitFnContext).
-func (b *batch) pinOffsets(req *kmsg.TxnOffsetCommitRequest) error {
-	ids := make(map[string][16]byte, len(req.Topics))
-	for _, t := range req.Topics {
-		ids[t.Topic] = t.TopicID
-	}
+// offsets returns the offsets after b's commands, as TxnOffsetCommit takes
+// them: topic ids from the fetches (a zero id makes franz-go send a topic
+// by name), member as each offset's metadata.
+func (b *batch) offsets(member string) []kmsg.TxnOffsetCommitRequestTopic {
 	var topics []kmsg.TxnOffsetCommitRequestTopic
 	at := map[string]int{}
-	b.fetches.EachPartition(func(p kgo.FetchTopicPartition) {
-		if len(p.Records) == 0 {
-			return
+	b.fetches.EachTopic(func(t kgo.FetchTopic) {
+		for _, p := range t.Partitions {
+			if len(p.Records) == 0 {
+				continue
+			}
+			i, ok := at[t.Topic]
+			if !ok {
+				i = len(topics)
+				at[t.Topic] = i
+				rt := kmsg.NewTxnOffsetCommitRequestTopic()
+				rt.Topic, rt.TopicID = t.Topic, t.TopicID
+				topics = append(topics, rt)
+			}
+			last := p.Records[len(p.Records)-1]
+			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p.Partition, last.Offset+1, last.LeaderEpoch, &member
+			topics[i].Partitions = append(topics[i].Partitions, rp)
 		}
-		i, ok := at[p.Topic]
-		if !ok {
-			i = len(topics)
-			at[p.Topic] = i
-			t := kmsg.NewTxnOffsetCommitRequestTopic()
-			t.Topic, t.TopicID = p.Topic, ids[p.Topic] // a zero id makes franz-go send it by name
-			topics = append(topics, t)
-		}
-		last := p.Records[len(p.Records)-1]
-		rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
-		rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p.Partition, last.Offset+1, last.LeaderEpoch, &req.MemberID
-		topics[i].Partitions = append(topics[i].Partitions, rp)
 	})
-	req.Topics = topics
-	return nil
+	return topics
 }
 
 // rewind sets the session's position back to the first commands of
@@ -758,7 +755,7 @@ func (w *Worker) rewind(polls ...kgo.Fetches) {
 			}
 		})
 	}
-	w.sess.Client().SetOffsets(to)
+	w.sess.cl.SetOffsets(to)
 }
 
 // isFenced reports the errors after which this producer can never commit.
