@@ -14,6 +14,7 @@ import (
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -538,6 +539,52 @@ func TestShares(t *testing.T) {
 		if n != tc.n {
 			t.Errorf("shares hold %d records, want %d", n, tc.n)
 		}
+	}
+}
+
+// A transaction during which partitions of the worker are revoked aborts
+// (txnSession.end), even with its offsets already in it: the first
+// worker's first transaction is held after its flush until a second
+// worker's join has taken partitions from it. Every command is still
+// answered once, by one of the two.
+func TestRevokeAbortsTheTransaction(t *testing.T) {
+	e := newEnv(t, 8)
+	m := newModel()
+	var held atomic.Bool
+	release := make(chan struct{})
+	w1 := e.start(t.TempDir(), "w1", func(c *Config) {
+		c.AtPoint = func(p Point) {
+			if p == AfterProduce && held.CompareAndSwap(false, true) {
+				<-release
+			}
+		}
+	})
+	steps := script("s", 200, 20)
+	want := e.run(m, steps)
+	owned := func() int {
+		w1.w.mu.Lock()
+		defer w1.w.mu.Unlock()
+		return len(w1.w.parts)
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s after 30s", what)
+			}
+		}
+	}
+	waitUntil("transaction held", held.Load)
+	e.start(t.TempDir(), "w2")
+	waitUntil("revoke", func() bool { return owned() < 8 })
+	close(release)
+	e.check(m, want, len(steps))
+	var c dto.Metric
+	if err := w1.w.metrics.aborts.WithLabelValues(abortRevoked).Write(&c); err != nil {
+		t.Fatal(err)
+	}
+	if c.GetCounter().GetValue() == 0 {
+		t.Fatal("no transaction aborted for a revoke")
 	}
 }
 

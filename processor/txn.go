@@ -83,8 +83,16 @@ func newTxnSession(opts []kgo.Opt, group, txnID string, log *slog.Logger, onRevo
 
 // commitOffsets puts the offsets after b's commands in the open
 // transaction, for the group's current generation. An error makes the
-// transaction abort.
-func (s *txnSession) commitOffsets(ctx context.Context, b *batch) error {
+// transaction abort, and the protocol be asked again for the next one (a
+// cluster whose transaction.version was raised meanwhile).
+func (s *txnSession) commitOffsets(ctx context.Context, b *batch) (err error) {
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			s.kip890 = 0
+			s.mu.Unlock()
+		}
+	}()
 	member, generation := s.cl.GroupMetadata()
 	id, epoch, err := s.cl.ProducerID(ctx)
 	if err != nil {
@@ -163,12 +171,13 @@ func (s *txnSession) kip890p2(ctx context.Context) (bool, error) {
 // end ends the open transaction: it commits if try is kgo.TryCommit, no
 // partition was revoked or lost since the last end and offsetsErr (the
 // outcome of commitOffsets) is nil; else it aborts. It reports whether the
-// transaction committed. Call it once every record is acknowledged.
-func (s *txnSession) end(ctx context.Context, try kgo.TransactionEndTry, offsetsErr error) (committed bool, err error) {
+// transaction committed, and whether partitions had been revoked. Call it
+// once every record is acknowledged.
+func (s *txnSession) end(ctx context.Context, try kgo.TransactionEndTry, offsetsErr error) (committed, revoked bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	defer func() { s.revoked = false }()
-	commit := try == kgo.TryCommit && !s.revoked && offsetsErr == nil
+	revoked, s.revoked = s.revoked, false
+	commit := try == kgo.TryCommit && !revoked && offsetsErr == nil
 	// As GroupTransactSession.End: an EndTxn that could not be tried, or
 	// that the broker reported abortable or whose outcome is unknown, is
 	// retried as an abort (EndTransaction's doc).
@@ -181,9 +190,9 @@ func (s *txnSession) end(ctx context.Context, try kgo.TransactionEndTry, offsets
 		commit = false
 	}
 	if err != nil {
-		return false, err
+		return false, revoked, err
 	}
-	return commit, nil
+	return commit, revoked, nil
 }
 
 // close leaves the group and closes the client.

@@ -29,7 +29,11 @@ type Config struct {
 	Store *statestore.Store
 	// Kafka are the options to reach the cluster (kgo.SeedBrokers, TLS,
 	// SASL). The worker adds its group, transaction and consuming options;
-	// a kgo.FetchMaxBytes here replaces its default of 8 MiB.
+	// a kgo.FetchMaxBytes here replaces its default of 8 MiB. The worker
+	// adds a transaction's offsets as KIP-890 part 2 does when the
+	// cluster's transaction.version is 2 or more: a kgo.MaxVersions that
+	// keeps Produce below v12, or EndTxn or TxnOffsetCommit below v5, is
+	// not supported on such a cluster.
 	Kafka []kgo.Opt
 	// InstanceID names this worker stably across restarts (keep it with the
 	// data dir). Its transactional id is "<app>-<InstanceID>": a restarted
@@ -653,13 +657,15 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	case offsetsErr != nil:
 		w.log.Warn("aborting transaction", "reason", offsetsErr)
 	}
-	committed, err := w.sess.end(endCtx, try, offsetsErr)
+	committed, revoked, err := w.sess.end(endCtx, try, offsetsErr)
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
 		w.metrics.transactions.WithLabelValues("committed").Inc()
 	case isFenced(err):
 		abortKind = "fenced"
+	case try == kgo.TryCommit && revoked:
+		abortKind = abortRevoked
 	case try == kgo.TryCommit:
 		abortKind = "commit_failed"
 	}
