@@ -197,7 +197,7 @@ func (b *batch) produce() {
 	for _, pb := range b.parts {
 		for _, o := range pb.ar.outs {
 			b.produced.Add(1)
-			b.w.sess.cl.Produce(context.Background(), o.r, o.promise)
+			b.w.sess.Client().Produce(context.Background(), o.r, o.promise)
 		}
 	}
 }

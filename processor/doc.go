@@ -7,7 +7,7 @@
 // A Worker is one franz-go client, a group consumer and a transactional
 // producer with the transactional id "<app>-<instance>" (stable across
 // restarts: a restarted instance fences its former self), whose
-// transactions it ends itself (txn.go tells how, and why not with
+// transactions it ends itself (internal/kafkatxn tells how, and why not with
 // kgo.GroupTransactSession). Each batch (at most MaxPollRecords commands, from one poll
 // or from the polls made while the transaction before it ended, step 6) is
 // one transaction:

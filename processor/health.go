@@ -19,7 +19,7 @@ func (w *Worker) Ready() (bool, string) {
 	}
 	// Asked without w.mu: the group's callbacks, which take w.mu, may run
 	// with the client's group state locked.
-	if member, _ := sess.cl.GroupMetadata(); member == "" {
+	if member, _ := sess.Client().GroupMetadata(); member == "" {
 		return false, "joining the consumer group"
 	}
 	w.mu.Lock()

@@ -543,7 +543,7 @@ func TestShares(t *testing.T) {
 }
 
 // A transaction during which partitions of the worker are revoked aborts
-// (txnSession.end), even with its offsets already in it: the first
+// (kafkatxn.Session.End), even with its offsets already in it: the first
 // worker's first transaction is held after its flush until a second
 // worker's join has taken partitions from it. Every command is still
 // answered once, by one of the two.

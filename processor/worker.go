@@ -11,13 +11,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/deciderhq/decider/internal/kafkatxn"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kprom"
 )
 
@@ -137,9 +137,9 @@ type Worker struct {
 	log         *slog.Logger
 	metrics     *metrics
 	cache       *stateCache
-	checkpoints checkpoints // of the state store, as the cache is written to it
-	storeFailed bool        // a write to the store failed: nothing more is written (see storeWrite.commit)
-	sess        *txnSession // set under mu, for Ready
+	checkpoints checkpoints       // of the state store, as the cache is written to it
+	storeFailed bool              // a write to the store failed: nothing more is written (see storeWrite.commit)
+	sess        *kafkatxn.Session // set under mu, for Ready
 	adm         *kadm.Client
 	topics      *topicCache
 
@@ -270,7 +270,7 @@ func (w *Worker) session(ctx context.Context) error {
 		// unregisters them when it closes, so each session gets its own.
 		opts = append(opts, kgo.WithHooks(kprom.NewMetrics("decider", kprom.Subsystem("kafka"), kprom.Registerer(w.cfg.Registerer))))
 	}
-	sess, err := newTxnSession(append(opts,
+	sess, err := kafkatxn.New(append(opts,
 		kgo.ConsumeTopics(w.cfg.App.CommandTopics()...),
 		kgo.TransactionTimeout(w.cfg.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
@@ -292,14 +292,14 @@ func (w *Worker) session(ctx context.Context) error {
 	w.mu.Lock()
 	w.sess = sess
 	w.mu.Unlock()
-	w.adm = kadm.NewClient(sess.cl)
+	w.adm = kadm.NewClient(sess.Client())
 	w.topics = newTopicCache(w.adm, w.log)
 	defer func() {
 		w.mu.Lock()
 		w.stopRestores() // the session's revoke callback may be skipped
 		w.sess = nil
 		w.mu.Unlock()
-		sess.close() // leaves the group
+		sess.Close() // leaves the group
 		w.wg.Wait()
 	}()
 	if err := topology.VerifyTopics(ctx, w.adm, w.cfg.App); err != nil {
@@ -340,9 +340,9 @@ func (w *Worker) loop(ctx context.Context) error {
 	for {
 		var fetches kgo.Fetches
 		if ending == nil {
-			fetches = w.sess.cl.PollRecords(ctx, w.cfg.MaxPollRecords)
+			fetches = w.sess.Client().PollRecords(ctx, w.cfg.MaxPollRecords)
 		} else {
-			fetches = ending.gather(w.sess.cl, w.cfg.MaxPollRecords)
+			fetches = ending.gather(w.sess.Client(), w.cfg.MaxPollRecords)
 		}
 		stopping := ctx.Err() != nil || fetches.IsClientClosed()
 		var b *batch
@@ -372,7 +372,7 @@ func (w *Worker) loop(ctx context.Context) error {
 		if b == nil {
 			continue
 		}
-		if err := w.sess.cl.BeginTransaction(); err != nil {
+		if err := w.sess.Client().BeginTransaction(); err != nil {
 			b.release()
 			// Only a producer left in a fatal state refuses to begin.
 			return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
@@ -410,7 +410,7 @@ func (w *Worker) topUp(ctx context.Context, b *batch) {
 	if n >= w.cfg.MaxPollRecords {
 		return
 	}
-	more := w.sess.cl.PollRecords(buffered, w.cfg.MaxPollRecords-n)
+	more := w.sess.Client().PollRecords(buffered, w.cfg.MaxPollRecords-n)
 	if more.NumRecords() == 0 {
 		return
 	}
@@ -630,12 +630,12 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	defer cancel()
 	b.produce()
 	offsets := make(chan error, 1)
-	go func() { offsets <- w.sess.commitOffsets(endCtx, b) }()
+	go func() { offsets <- w.sess.CommitOffsets(endCtx, b.fetches) }()
 	// Every record must be acknowledged before deciding to commit: a record
 	// that failed (its promise reports it) must abort the transaction, or
 	// the offsets would commit without it.
 	try := kgo.TryCommit
-	cl := w.sess.cl
+	cl := w.sess.Client()
 	if err := cl.Flush(endCtx); err != nil {
 		b.abort(abortProduceFailed, fmt.Errorf("flush: %w", err))
 		// Records that could not be written in time (a partition without
@@ -657,7 +657,7 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	case offsetsErr != nil:
 		w.log.Warn("aborting transaction", "reason", offsetsErr)
 	}
-	committed, revoked, err := w.sess.end(endCtx, try, offsetsErr)
+	committed, revoked, err := w.sess.End(endCtx, try, offsetsErr)
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
@@ -712,34 +712,6 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	w.wrote()
 }
 
-// offsets returns the offsets after b's commands, as TxnOffsetCommit takes
-// them: topic ids from the fetches (a zero id makes franz-go send a topic
-// by name), member as each offset's metadata.
-func (b *batch) offsets(member string) []kmsg.TxnOffsetCommitRequestTopic {
-	var topics []kmsg.TxnOffsetCommitRequestTopic
-	at := map[string]int{}
-	b.fetches.EachTopic(func(t kgo.FetchTopic) {
-		for _, p := range t.Partitions {
-			if len(p.Records) == 0 {
-				continue
-			}
-			i, ok := at[t.Topic]
-			if !ok {
-				i = len(topics)
-				at[t.Topic] = i
-				rt := kmsg.NewTxnOffsetCommitRequestTopic()
-				rt.Topic, rt.TopicID = t.Topic, t.TopicID
-				topics = append(topics, rt)
-			}
-			last := p.Records[len(p.Records)-1]
-			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
-			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p.Partition, last.Offset+1, last.LeaderEpoch, &member
-			topics[i].Partitions = append(topics[i].Partitions, rp)
-		}
-	})
-	return topics
-}
-
 // rewind sets the session's position back to the first commands of
 // polls that did not commit, the earliest poll first. (The session puts
 // it back to the offsets it last committed, which include the polls made
@@ -761,7 +733,7 @@ func (w *Worker) rewind(polls ...kgo.Fetches) {
 			}
 		})
 	}
-	w.sess.cl.SetOffsets(to)
+	w.sess.Client().SetOffsets(to)
 }
 
 // isFenced reports the errors after which this producer can never commit.

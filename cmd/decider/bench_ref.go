@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/deciderhq/decider/internal/kafkatxn"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/topology"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -16,9 +18,10 @@ import (
 // app's one aggregate type until ctx ends: decider's transaction loop with
 // no domain and no store, the limit a worker on the same broker can reach.
 //
-// It is a GroupTransactSession like the worker's (same group, isolation,
-// fetch and partitioning options), one transaction per poll of at most
-// maxPoll inputs. For each input it produces the input's key and value as
+// It ends its transactions as the worker does (kafkatxn: the offsets sent
+// into the transaction beside the flush, then EndTxn alone), with the
+// worker's group, isolation, fetch and partitioning options, one
+// transaction per poll of at most maxPoll inputs. For each input it produces the input's key and value as
 // an event and as a snapshot to the input's partition, and the value as a
 // reply keyed by the input's ce_id to the partition of the replies topic
 // the id hashes to (as a worker does for a command without
@@ -28,31 +31,30 @@ func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, insta
 	agg := app.Aggregates()[0]
 	t := app.Topics(agg)
 	txnID := app.Name() + "-" + instance
-	sess, err := kgo.NewGroupTransactSession(append(kafka[:len(kafka):len(kafka)],
-		kgo.ConsumerGroup(app.Group()),
+	sess, err := kafkatxn.New(append(kafka[:len(kafka):len(kafka)],
 		kgo.ConsumeTopics(t.Commands),
-		kgo.TransactionalID(txnID),
 		kgo.TransactionTimeout(10*time.Second),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.FetchMaxWait(500*time.Millisecond),
 		kgo.FetchMaxBytes(8<<20), // as the worker fetches
-	)...)
+	), app.Group(), txnID, slog.New(slog.DiscardHandler), func(context.Context, *kgo.Client, map[string][]int32) {})
 	if err != nil {
 		return fmt.Errorf("reference %s: %w", txnID, err)
 	}
 	defer sess.Close()
+	cl := sess.Client()
 	replies := agg.Partitions() // EnsureTopics creates the replies topic with the aggregate's count
 	for {
-		fetches := sess.PollRecords(ctx, maxPoll)
+		fetches := cl.PollRecords(ctx, maxPoll)
 		if ctx.Err() != nil || fetches.IsClientClosed() {
 			return nil
 		}
 		if fetches.NumRecords() == 0 {
 			continue
 		}
-		if err := sess.Begin(); err != nil {
+		if err := cl.BeginTransaction(); err != nil {
 			return fmt.Errorf("reference %s: begin transaction: %w", txnID, err)
 		}
 		var (
@@ -68,14 +70,17 @@ func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, insta
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
 			id := referenceID(r)
-			sess.Produce(ctx, &kgo.Record{Topic: t.Events, Partition: r.Partition, Key: r.Key, Value: r.Value}, done)
-			sess.Produce(ctx, &kgo.Record{Topic: t.Snapshots, Partition: r.Partition, Key: r.Key, Value: r.Value}, done)
-			sess.Produce(ctx, &kgo.Record{Topic: t.Replies, Partition: topology.Partition(id, replies), Key: id, Value: r.Value}, done)
+			cl.Produce(ctx, &kgo.Record{Topic: t.Events, Partition: r.Partition, Key: r.Key, Value: r.Value}, done)
+			cl.Produce(ctx, &kgo.Record{Topic: t.Snapshots, Partition: r.Partition, Key: r.Key, Value: r.Value}, done)
+			cl.Produce(ctx, &kgo.Record{Topic: t.Replies, Partition: topology.Partition(id, replies), Key: id, Value: r.Value}, done)
 		})
 		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		if err := sess.Client().Flush(endCtx); err != nil {
+		offsets := make(chan error, 1)
+		go func() { offsets <- sess.CommitOffsets(endCtx, fetches) }()
+		if err := cl.Flush(endCtx); err != nil {
 			done(nil, err)
 		}
+		offsetsErr := <-offsets
 		mu.Lock()
 		produceErr := failed
 		mu.Unlock()
@@ -83,13 +88,17 @@ func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, insta
 		if produceErr != nil {
 			try = kgo.TryAbort
 		}
-		_, err := sess.End(endCtx, try)
+		committed, _, err := sess.End(endCtx, try, offsetsErr)
 		cancel()
-		switch {
+		switch { // the reference does not redo a batch: a failure ends the run
 		case err != nil:
 			return fmt.Errorf("reference %s: end transaction: %w", txnID, err)
 		case produceErr != nil:
 			return fmt.Errorf("reference %s: produce: %w", txnID, produceErr)
+		case offsetsErr != nil:
+			return fmt.Errorf("reference %s: offsets: %w", txnID, offsetsErr)
+		case !committed:
+			return fmt.Errorf("reference %s: transaction aborted (partitions revoked)", txnID)
 		}
 	}
 }

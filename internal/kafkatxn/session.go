@@ -1,4 +1,9 @@
-package processor
+// Package kafkatxn runs a group consumer and transactional producer whose
+// transactions it ends with EndTxn alone, the consumer offsets having been
+// sent into the transaction beside the flush: decider's worker, and the
+// reference loop of `decider bench`, which must end its transactions as
+// the worker does to be its limit.
+package kafkatxn
 
 import (
 	"context"
@@ -12,18 +17,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// txnSession is the worker's group consumer and transactional producer, one
-// kgo.Client, whose transactions it ends itself rather than through
+// Session is a group consumer and transactional producer, one kgo.Client,
+// whose transactions it ends itself rather than through
 // kgo.GroupTransactSession. That session's End sends the consumer offsets,
 // then a heartbeat, then EndTxn, each waiting for the one before, after the
 // flush. A batch's offsets are known before its records are produced, so
-// this session sends them into the transaction beside the flush
-// (commitOffsets) and ends it with EndTxn alone (end): at 1k commands/s the
+// this session's user sends them into the transaction beside the flush
+// (CommitOffsets) and ends it with EndTxn alone (End): at 1k commands/s the
 // end after the flush took ≈ 0.35 instead of ≈ 0.7 ms.
 //
 // What GroupTransactSession promises, it keeps:
 //   - A transaction during which partitions were revoked or lost aborts:
-//     the callbacks set revoked under mu, and end holds mu from reading it
+//     the callbacks set revoked under mu, and End holds mu from reading it
 //     through EndTxn, so a rebalance waits for a transaction that is ending.
 //   - The offsets carry the group's generation and member id (KIP-447): a
 //     worker that lost its partitions cannot commit them; and franz-go
@@ -37,10 +42,10 @@ import (
 //     fetch already keep another member from going on from them before the
 //     transaction is over.
 //   - Moving the client's position at an end (GroupTransactSession sets it
-//     to the offsets committed): the worker sets it back itself after an
-//     abort (Worker.rewind), and after a commit it is already past them, so
-//     the commands polled during an end are not polled again.
-type txnSession struct {
+//     to the offsets committed): the user sets it back after an abort
+//     (decider's worker: Worker.rewind), and after a commit it is already
+//     past them, so the commands polled during an end are not polled again.
+type Session struct {
 	cl    *kgo.Client
 	group string
 	txnID string
@@ -51,10 +56,11 @@ type txnSession struct {
 	kip890  int8 // 0 until known; 1 if TxnOffsetCommit adds the offsets to the transaction itself (KIP-890 part 2), -1 if AddOffsetsToTxn must
 }
 
-// newTxnSession makes the session's client with opts, and onRevoked as its
-// callback for partitions revoked or lost.
-func newTxnSession(opts []kgo.Opt, group, txnID string, log *slog.Logger, onRevoked func(context.Context, *kgo.Client, map[string][]int32)) (*txnSession, error) {
-	s := &txnSession{group: group, txnID: txnID, log: log}
+// New makes the session's client with opts, in group with the
+// transactional id txnID, and onRevoked as its callback for partitions
+// revoked or lost.
+func New(opts []kgo.Opt, group, txnID string, log *slog.Logger, onRevoked func(context.Context, *kgo.Client, map[string][]int32)) (*Session, error) {
+	s := &Session{group: group, txnID: txnID, log: log}
 	lost := func(ctx context.Context, cl *kgo.Client, parts map[string][]int32) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -81,11 +87,11 @@ func newTxnSession(opts []kgo.Opt, group, txnID string, log *slog.Logger, onRevo
 	return s, nil
 }
 
-// commitOffsets puts the offsets after b's commands in the open
+// CommitOffsets puts the offsets after the records of fetches in the open
 // transaction, for the group's current generation. An error makes the
 // transaction abort, and the protocol be asked again for the next one (a
 // cluster whose transaction.version was raised meanwhile).
-func (s *txnSession) commitOffsets(ctx context.Context, b *batch) (err error) {
+func (s *Session) CommitOffsets(ctx context.Context, fetches kgo.Fetches) (err error) {
 	defer func() {
 		if err != nil {
 			s.mu.Lock()
@@ -116,7 +122,7 @@ func (s *txnSession) commitOffsets(ctx context.Context, b *batch) (err error) {
 	req := kmsg.NewPtrTxnOffsetCommitRequest()
 	req.TransactionalID, req.Group, req.ProducerID, req.ProducerEpoch = s.txnID, s.group, id, epoch
 	req.MemberID, req.Generation = member, generation
-	req.Topics = b.offsets(member)
+	req.Topics = offsets(fetches, member)
 	resp, err := req.RequestWith(ctx, s.cl)
 	if err != nil {
 		return fmt.Errorf("commit offsets in transaction: %w", err)
@@ -139,7 +145,7 @@ func (s *txnSession) commitOffsets(ctx context.Context, b *batch) (err error) {
 // has them, which franz-go then does (its own test, kgo's supportsKIP890p2:
 // the transaction.version feature at 2 or more): the offsets are then added
 // to the transaction by TxnOffsetCommit, and AddOffsetsToTxn is not sent.
-func (s *txnSession) kip890p2(ctx context.Context) (bool, error) {
+func (s *Session) kip890p2(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	known := s.kip890
 	s.mu.Unlock()
@@ -168,12 +174,12 @@ func (s *txnSession) kip890p2(ctx context.Context) (bool, error) {
 	return known > 0, nil
 }
 
-// end ends the open transaction: it commits if try is kgo.TryCommit, no
+// End ends the open transaction: it commits if try is kgo.TryCommit, no
 // partition was revoked or lost since the last end and offsetsErr (the
-// outcome of commitOffsets) is nil; else it aborts. It reports whether the
+// outcome of CommitOffsets) is nil; else it aborts. It reports whether the
 // transaction committed, and whether partitions had been revoked. Call it
 // once every record is acknowledged.
-func (s *txnSession) end(ctx context.Context, try kgo.TransactionEndTry, offsetsErr error) (committed, revoked bool, err error) {
+func (s *Session) End(ctx context.Context, try kgo.TransactionEndTry, offsetsErr error) (committed, revoked bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	revoked, s.revoked = s.revoked, false
@@ -195,5 +201,37 @@ func (s *txnSession) end(ctx context.Context, try kgo.TransactionEndTry, offsets
 	return commit, revoked, nil
 }
 
-// close leaves the group and closes the client.
-func (s *txnSession) close() { s.cl.Close() }
+// Client returns the session's client, to poll and produce with; its
+// transactions begin with its BeginTransaction and end with End.
+func (s *Session) Client() *kgo.Client { return s.cl }
+
+// Close leaves the group and closes the client.
+func (s *Session) Close() { s.cl.Close() }
+
+// offsets returns the offsets after the records of fetches, as
+// TxnOffsetCommit takes them: topic ids from the fetches (a zero id makes
+// franz-go send a topic by name), member as each offset's metadata.
+func offsets(fetches kgo.Fetches, member string) []kmsg.TxnOffsetCommitRequestTopic {
+	var topics []kmsg.TxnOffsetCommitRequestTopic
+	at := map[string]int{}
+	fetches.EachTopic(func(t kgo.FetchTopic) {
+		for _, p := range t.Partitions {
+			if len(p.Records) == 0 {
+				continue
+			}
+			i, ok := at[t.Topic]
+			if !ok {
+				i = len(topics)
+				at[t.Topic] = i
+				rt := kmsg.NewTxnOffsetCommitRequestTopic()
+				rt.Topic, rt.TopicID = t.Topic, t.TopicID
+				topics = append(topics, rt)
+			}
+			last := p.Records[len(p.Records)-1]
+			rp := kmsg.NewTxnOffsetCommitRequestTopicPartition()
+			rp.Partition, rp.Offset, rp.LeaderEpoch, rp.Metadata = p.Partition, last.Offset+1, last.LeaderEpoch, &member
+			topics[i].Partitions = append(topics[i].Partitions, rp)
+		}
+	})
+	return topics
+}
