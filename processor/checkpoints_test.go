@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/deciderhq/decider/examples/accounts"
 	"github.com/deciderhq/decider/statestore"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -30,20 +29,8 @@ func TestCheckpointsKeepThePrefix(t *testing.T) {
 }
 
 func checkpointsKeepThePrefix(t *testing.T, seed uint64) {
-	app, err := accounts.App(4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agg, _ := app.Aggregate(accounts.Name)
-	store, err := statestore.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	w, err := New(Config{App: app, Store: store, InstanceID: "t", StateCacheBytes: 8 << 10, CheckpointBytes: 4 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, agg := offlineWorker(t, func(c *Config) { c.StateCacheBytes, c.CheckpointBytes = 8<<10, 4<<10 })
+	store := w.cfg.Store
 	type record struct {
 		id    string
 		value []byte

@@ -293,3 +293,29 @@ func errIsNil(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// offlineWorker returns a worker of the bank app (4 partitions) with its
+// store in a temp dir, not running, for tests of its parts; configure, if
+// not nil, adjusts its config first.
+func offlineWorker(t *testing.T, configure func(*Config)) (*Worker, *topology.Aggregate) {
+	t.Helper()
+	app, err := accounts.App(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := statestore.Open(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	cfg := Config{App: app, Store: store, InstanceID: "t"}
+	if configure != nil {
+		configure(&cfg)
+	}
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg, _ := app.Aggregate(accounts.Name)
+	return w, agg
+}

@@ -470,20 +470,7 @@ func TestMergeFetches(t *testing.T) {
 // aggregate in two shares of a partition, and the batch decided beside
 // its end must read the later one.
 func TestLoadReadsTheNewestShare(t *testing.T) {
-	app, err := accounts.App(4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agg, _ := app.Aggregate(accounts.Name)
-	store, err := statestore.Open(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	w, err := New(Config{App: app, Store: store, InstanceID: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, agg := offlineWorker(t, nil)
 	a := &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
 	state, err := agg.EncodeState(agg.Initial())
 	if err != nil {
