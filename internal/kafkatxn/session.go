@@ -2,7 +2,9 @@
 // transactions it ends with EndTxn alone, the consumer offsets having been
 // sent into the transaction beside the flush: decider's worker, and the
 // reference loop of `decider bench`, which must end its transactions as
-// the worker does to be its limit.
+// the worker does to be its limit. Its tests run through the worker's
+// (processor: TestRevokeAbortsTheTransaction, TestTransactionsBeforeKIP890,
+// TestFailedTransactionLeavesNoTrace) and the chaos tests (cmd/decider).
 package kafkatxn
 
 import (
