@@ -7,10 +7,10 @@
 // A Worker is one franz-go client, a group consumer and a transactional
 // producer with the transactional id "<app>-<instance>" (stable across
 // restarts: a restarted instance fences its former self), whose
-// transactions it ends itself (internal/kafkatxn tells how, and why not with
-// kgo.GroupTransactSession). Each batch (at most MaxPollRecords commands, from one poll
-// or from the polls made while the transaction before it ended, step 6) is
-// one transaction:
+// transactions it ends itself (internal/kafkatxn tells how, and why not
+// with kgo.GroupTransactSession). Each batch (at most MaxPollRecords
+// commands, from one poll or from the polls made while the transaction
+// before it ended, step 6) is one transaction:
 //
 //  1. Decide. For each partition in the batch, in parallel with the others
 //     (on the session's pool of goroutines, one per CPU), once the

@@ -440,8 +440,8 @@ func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, error)
 	if next != nil && !next.owned() {
 		// A partition of next was revoked while it was decided, during
 		// ending's End: the session's flag that would abort next's
-		// transaction was cleared by that End (franz-go resets it once an
-		// End is over), so next is dropped here, and its commands of the
+		// transaction was cleared by that End (kafkatxn.Session.End resets
+		// it once an end is over), so next is dropped here, and its commands of the
 		// partitions still owned polled again.
 		w.log.Info("dropping a batch decided beside a revoke")
 		w.rewind(polled)
@@ -713,10 +713,9 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 }
 
 // rewind sets the session's position back to the first commands of
-// polls that did not commit, the earliest poll first. (The session puts
-// it back to the offsets it last committed, which include the polls made
-// before that commit: the batch that did not commit, and the commands
-// polled beside it.)
+// polls that did not commit, the earliest poll first: the batch that did
+// not commit, and the commands polled beside it. (The session does not
+// move the position at an end; see kafkatxn.Session.)
 func (w *Worker) rewind(polls ...kgo.Fetches) {
 	to := map[string]map[int32]kgo.EpochOffset{}
 	for _, fetches := range polls {

@@ -21,12 +21,13 @@ import (
 // It ends its transactions as the worker does (kafkatxn: the offsets sent
 // into the transaction beside the flush, then EndTxn alone), with the
 // worker's group, isolation, fetch and partitioning options, one
-// transaction per poll of at most maxPoll inputs. For each input it produces the input's key and value as
-// an event and as a snapshot to the input's partition, and the value as a
-// reply keyed by the input's ce_id to the partition of the replies topic
-// the id hashes to (as a worker does for a command without
-// ce_replypartition); the consumer offsets go in the transaction. It reads
-// no other header, decodes nothing and looks nothing up.
+// transaction per poll of at most maxPoll inputs. For each input it
+// produces the input's key and value as an event and as a snapshot to the
+// input's partition, and the value as a reply keyed by the input's ce_id
+// to the partition of the replies topic the id hashes to (as a worker does
+// for a command without ce_replypartition); the consumer offsets go in the
+// transaction. It reads no other header, decodes nothing and looks nothing
+// up.
 func runReference(ctx context.Context, kafka []kgo.Opt, app *topology.App, instance string, maxPoll int) error {
 	agg := app.Aggregates()[0]
 	t := app.Topics(agg)
