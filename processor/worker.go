@@ -832,6 +832,9 @@ func (w *Worker) partition(topic string, p int32) (*assigned, bool) {
 // lock returns the mutex that serialises Pebble writes of a partition
 // across its assignments.
 func (w *Worker) lock(k partitionKey) *sync.Mutex {
-	m, _ := w.locks.LoadOrStore(k, &sync.Mutex{})
+	m, ok := w.locks.Load(k) // no new mutex for every batch's write (LoadOrStore's argument)
+	if !ok {
+		m, _ = w.locks.LoadOrStore(k, &sync.Mutex{})
+	}
 	return m.(*sync.Mutex)
 }
