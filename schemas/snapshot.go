@@ -152,7 +152,7 @@ func ReadReply(body []byte) (Reply, error) {
 // time. Bodies it cannot skip end the search. (Searching the bodies for
 // commandID's bytes first, to take apart only those that hold them, took
 // longer than the walk: 535 against 428 ns for a full window of UUID-like
-// ids not holding it, BenchmarkFindReply, with the walk of the time.)
+// ids not holding it, BenchmarkFindReply, against the walk as it was then.)
 func FindReply(bodies []byte, commandID string) ([]byte, bool) {
 	for pos := 0; pos < len(bodies); {
 		idStart, idEnd, end := skipReply(bodies, pos)

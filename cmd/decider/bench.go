@@ -101,8 +101,9 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
 	duration := fs.Duration("duration", 10*time.Second, "time each system is offered each load, over all rounds")
 	// 2 rounds until the eleventh round: five runs of one binary each way
-	// (--commands 100000 --loads 1000,10000) put the p99 ratio at 10k/s
-	// at 0.79–2.20 with 2 and 0.93–1.14 with 6.
+	// (bench --commands 100000 --loads 1000,10000 --rounds N
+	// --restore-aggregates 1000, alternating) put the p99 ratio at 10k/s at
+	// 0.79–2.20 with 2 and 0.93–1.14 with 6.
 	rounds := fs.Int("rounds", 6, "rounds of latency runs: each system gets --duration/rounds of each load per round, the systems alternating (ABBA…), so that a busy moment of the machine does not fall on one of them only")
 	restoreN := fs.Int("restore-aggregates", 1000000, "snapshots in the changelog of the restore run")
 	cpuprofile := fs.String("cpuprofile", "", "write CPU profiles of the flat-out runs, of each system's first latency round and of the restore to `prefix`.decider.pprof, prefix.reference.pprof, prefix.decider-latency.pprof, prefix.reference-latency.pprof and prefix.restore.pprof")
