@@ -38,8 +38,10 @@ type batch struct {
 	parts     []*partBatch
 
 	// The end of the batch's transaction, in the background.
-	pollCtx   context.Context    // of the poll made meanwhile; cancelled once the records are flushed
+	pollCtx   context.Context    // of the polls made during the flush; cancelled once the records are flushed
 	stopPoll  context.CancelFunc // cancels pollCtx
+	endingCtx context.Context    // of the polls made after the flush; cancelled once done is closed
+	ended     context.CancelFunc // cancels endingCtx
 	done      chan struct{}      // closed when the transaction ended, and a committed one is applied
 	committed bool               // set before done: the transaction committed
 	endErr    error              // set before done: an error that ends the session
@@ -231,7 +233,7 @@ type partBatch struct {
 	bodies  [][]byte      // scratch: the encoded dedupe window of the snapshot being written, in pieces
 	ar      *arena        // the records and bytes produced
 	cmd     command       // the command being handled
-	prev    []*partBatch  // the partition's shares of the previous batch, if its transaction was ending when this one began (or of this batch's first commands, when it is topped up), in the order they were decided
+	prev    []*partBatch  // the partition's shares of the previous batch, if its transaction was ending when this one began (and of this batch's earlier commands, when it is followed or topped up), in the order they were decided
 
 	// The reply topic last looked up, and its partitions: nearly every
 	// command of a share names the same, and the worker's cache of
@@ -301,9 +303,9 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	}
 	w := pb.b.w
 	agg := pb.a.agg
-	// The newest first: a batch topped up after the end before it
-	// (Worker.topUp) can hold an aggregate in two of a partition's shares,
-	// the later one newer.
+	// The newest first: a batch decided in pieces during and after the
+	// end before it (Worker.follow, Worker.topUp) can hold an aggregate in
+	// two of a partition's shares, the later one newer.
 	for _, prev := range slices.Backward(pb.prev) {
 		if e, ok := prev.overlay.Get(id); ok {
 			// Decoded again from a copy: the previous batch's arenas,
