@@ -40,7 +40,7 @@ type batch struct {
 	// The end of the batch's transaction, in the background.
 	pollCtx   context.Context    // of the polls made during the flush; cancelled once the records are flushed
 	stopPoll  context.CancelFunc // cancels pollCtx
-	endingCtx context.Context    // of the polls made after the flush; cancelled once done is closed
+	endingCtx context.Context    // of the polls made after the flush; cancelled once the transaction's outcome is known
 	ended     context.CancelFunc // cancels endingCtx
 	done      chan struct{}      // closed when the transaction ended, and a committed one is applied
 	committed bool               // set before done: the transaction committed

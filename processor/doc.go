@@ -60,11 +60,11 @@
 //  6. Meanwhile the loop polls the next commands while the batch's records
 //     are flushed, as they come (franz-go sends a partition's next fetch
 //     only once its last one was polled), and decides them (step 1) while
-//     the batch's transaction ends; what comes during the rest of the end
-//     it decides as it comes, after them and on their results. Once the
-//     end is known, what the client buffered meanwhile joins the next
-//     batch too unless that is a full poll, so that no command waits for
-//     one transaction more. The next batch then begins;
+//     the batch's transaction ends; what comes during its EndTxn it
+//     decides as it comes, after them and on their results. Once the end
+//     is known and applied, what the client buffered meanwhile joins the
+//     next batch too unless that is a full poll, so that no command waits
+//     for one transaction more. The next batch then begins;
 //     if the transaction did not commit, what was polled beside it
 //     (decided, on state that never was, or not) is dropped unproduced, and
 //     the commands of both are polled again: the worker sets the client's

@@ -334,8 +334,8 @@ func (w *Worker) session(ctx context.Context) error {
 // fails. While one batch's transaction ends (its records flushed, its
 // offsets committed, the commit applied to the store) in the background,
 // the commands polled meanwhile are decided: those gathered during the
-// flush at once, those that come during the rest of the end as they come
-// (follow); once that end is known, what the client buffered meanwhile
+// flush at once, those that come during its EndTxn as they come (follow);
+// once that end is known and applied, what the client buffered meanwhile
 // joins the next batch (topUp), which then begins.
 func (w *Worker) loop(ctx context.Context) error {
 	var ending *batch // whose transaction is ending; nil for none
@@ -393,8 +393,8 @@ func (w *Worker) loop(ctx context.Context) error {
 }
 
 // follow decides into b, as they come, the commands polled while the rest
-// of ending's transaction ends after its flush (its EndTxn and its apply),
-// until it is over or b is a full poll, and returns b (a new batch if b was
+// of ending's transaction ends after its flush (its EndTxn), until its
+// outcome is known or b is a full poll, and returns b (a new batch if b was
 // nil and commands came). Each poll's commands are decided after b's
 // earlier ones and on their results, as topUp's are, and on ending's: its
 // overlays are not in the state cache yet. At 10k commands/s ≈ 40% of a
@@ -664,7 +664,6 @@ func mergeFetches(a, b kgo.Fetches) kgo.Fetches {
 // batch is then applied to the store. It runs beside the loop, which polls
 // and decides the next batch meanwhile; done is closed when it is over.
 func (w *Worker) end(ctx context.Context, b *batch) {
-	defer b.ended() // after done is closed: follow polls until then
 	defer close(b.done)
 	defer b.stopPoll()
 	began := time.Now()
@@ -702,6 +701,10 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 		w.log.Warn("aborting transaction", "reason", offsetsErr)
 	}
 	committed, revoked, err := w.sess.End(endCtx, try, offsetsErr)
+	// follow stops here: deciding beside the apply slows both (the tenth
+	// round's try of an apply beside the next batch: at 50k commands/s
+	// that fed itself), so what comes during the apply is topped up.
+	b.ended()
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
