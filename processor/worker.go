@@ -801,7 +801,10 @@ func (w *Worker) onAssigned(_ context.Context, cl *kgo.Client, assigned map[stri
 		for _, p := range ps {
 			w.assign(cl, agg, p, true)
 		}
-		w.log.Info("partitions assigned", "topic", topic, "partitions", ps)
+		// The member id and generation tie this process to what a
+		// description of the group shows (kadm.DescribeGroups).
+		member, generation := cl.GroupMetadata()
+		w.log.Info("partitions assigned", "topic", topic, "partitions", ps, "member", member, "generation", generation)
 	}
 	w.countOwned()
 }
