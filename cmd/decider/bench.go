@@ -421,7 +421,9 @@ func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.
 		defer stopProfile()
 	}
 	for i, load := range b.loads {
+		cpuBegan, brokerBegan := cpuTime(0), cpuTime(b.brokerPID)
 		r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
+		r.cpu, r.brokerCPU = cpuTime(0)-cpuBegan, cpuTime(b.brokerPID)-brokerBegan
 		s.next += r.sent
 		if err != nil {
 			return fmt.Errorf("latency at %d/s: %w", load, err)

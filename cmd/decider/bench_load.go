@@ -177,6 +177,12 @@ type latency struct {
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
 	P999ms   float64 `json:"p999_ms"`
+	// CPU time per command sent of this process (the system measured, the
+	// sender and the reader of the replies) and of a broker child process
+	// (0 for others). On a machine shared with the broker, it is what
+	// a system's cycle competes with the broker for.
+	CPUus       float64 `json:"cpu_us_per_command"`
+	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
 }
 
 // drainTimeout is how long measureLatency waits for the last replies after
@@ -274,14 +280,19 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 // latencyRun is what measureLatency saw of one run.
 type latencyRun struct {
 	sent    int
-	sentFor time.Duration   // from the first command handed to the producer to the last
-	lats    []time.Duration // of the commands answered, in the order read
+	sentFor time.Duration // from the first command handed to the producer to the last
+	// CPU time this process and the broker process used over the run (set
+	// by its caller, which knows the broker), replies drained included.
+	cpu, brokerCPU time.Duration
+	lats           []time.Duration // of the commands answered, in the order read
 }
 
 // add adds the commands of r to l.
 func (l *latencyRun) add(r latencyRun) {
 	l.sent += r.sent
 	l.sentFor += r.sentFor
+	l.cpu += r.cpu
+	l.brokerCPU += r.brokerCPU
 	l.lats = append(l.lats, r.lats...)
 }
 
@@ -290,6 +301,10 @@ func summarize(load int, l latencyRun) latency {
 	res := latency{Offered: load, Sent: l.sent, Replies: len(l.lats)}
 	if l.sentFor > 0 {
 		res.Achieved = float64(l.sent) / l.sentFor.Seconds()
+	}
+	if l.sent > 0 {
+		res.CPUus = float64(l.cpu.Microseconds()) / float64(l.sent)
+		res.BrokerCPUus = float64(l.brokerCPU.Microseconds()) / float64(l.sent)
 	}
 	if len(l.lats) == 0 {
 		return res

@@ -108,6 +108,7 @@ func (r *benchResult) summary() map[string]any {
 		m["p50_ratio_"+label] = ratio(l.P50ms, rl.P50ms)
 		m["p99_ratio_"+label] = ratio(l.P99ms, rl.P99ms)
 		m["p999_ratio_"+label] = ratio(l.P999ms, rl.P999ms)
+		m["cpu_ratio_"+label] = ratio(l.CPUus, rl.CPUus)
 	}
 	return m
 }
@@ -119,9 +120,9 @@ func (r *benchResult) table(w io.Writer) {
 	fmt.Fprintf(w, "decider bench: %d cores (%s), GOMAXPROCS %d, %s, %s; broker: %s\n", m.Cores, m.CPU, m.GOMAXPROCS, m.GoVersion, m.OS, r.Broker)
 	fmt.Fprintf(w, "%d partitions; %d commands over %d accounts; latency: %s of each load per system, in %d rounds taking turns\n\n", r.Partitions, r.Commands, r.Accounts, r.Duration, r.Rounds)
 	row := func(name string, d, ref float64, format string) {
-		fmt.Fprintf(w, "%-28s %12s %12s %18.2f\n", name, fmt.Sprintf(format, d), fmt.Sprintf(format, ref), ratio(d, ref))
+		fmt.Fprintf(w, "%-32s %12s %12s %18.2f\n", name, fmt.Sprintf(format, d), fmt.Sprintf(format, ref), ratio(d, ref))
 	}
-	fmt.Fprintf(w, "%-28s %12s %12s %18s\n", "", "decider", "reference", "decider/reference")
+	fmt.Fprintf(w, "%-32s %12s %12s %18s\n", "", "decider", "reference", "decider/reference")
 	d, ref := r.Decider, r.Reference
 	row("flat out, commands/s", d.PerS, ref.PerS, "%.0f")
 	row("CPU per command, µs", d.CPUus, ref.CPUus, "%.1f")
@@ -136,6 +137,10 @@ func (r *benchResult) table(w io.Writer) {
 		row(fmt.Sprintf("p999 at %d/s, ms", l.Offered), l.P999ms, rl.P999ms, "%.2f")
 		row(fmt.Sprintf("sent at %d/s, per s", l.Offered), l.Achieved, rl.Achieved, "%.0f")
 		row(fmt.Sprintf("unanswered at %d/s", l.Offered), float64(l.Sent-l.Replies), float64(rl.Sent-rl.Replies), "%.0f")
+		row(fmt.Sprintf("CPU per command at %d/s, µs", l.Offered), l.CPUus, rl.CPUus, "%.1f")
+		if l.BrokerCPUus > 0 {
+			row(fmt.Sprintf("broker CPU at %d/s, µs", l.Offered), l.BrokerCPUus, rl.BrokerCPUus, "%.1f")
+		}
 	}
 	row("peak RSS, MiB", mib(d.PeakRSS), mib(ref.PeakRSS), "%.0f")
 	fmt.Fprintf(w, "\nstate store after the run: %.1f MiB on disk\n", mib(d.DiskBytes))
