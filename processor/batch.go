@@ -142,7 +142,11 @@ func (b *batch) apply() error {
 	}
 	put := 0
 	for _, pb := range current { // before any write: the filter never lacks an id the store holds
-		pb.overlay.Each(func(id string, _ statestore.Entry) { pb.a.ids.add(id) })
+		pb.overlay.Each(func(id string, e statestore.Entry) {
+			if s, ok := e.Decoded.(*aggState); !ok || s.fresh {
+				pb.a.ids.add(id)
+			}
+		})
 	}
 	for _, pb := range current {
 		pb.overlay.Each(func(id string, e statestore.Entry) {
@@ -180,8 +184,20 @@ func (b *batch) release() {
 func (b *batch) tallyCommitted(commands int) {
 	m, now := b.w.metrics, time.Now()
 	m.batchCommands.Observe(float64(commands))
-	for _, pb := range b.parts {
-		m.committed(pb.a.agg.Name(), &pb.tally, now)
+	var done []string // the aggregate types tallied: a worker has few
+	for i, pb := range b.parts {
+		typ := pb.a.agg.Name()
+		if slices.Contains(done, typ) {
+			continue
+		}
+		done = append(done, typ)
+		m.committed(typ, func(yield func(*tally) bool) {
+			for _, q := range b.parts[i:] {
+				if q.a.agg.Name() == typ && !yield(&q.tally) {
+					return
+				}
+			}
+		}, now)
 	}
 }
 
@@ -293,6 +309,11 @@ type aggState struct {
 	version       int64
 	commandOffset int64   // offset of the last command applied; -1 for none
 	recent        *recent // the dedupe window
+	// fresh: no snapshot of the aggregate was found (in the cache, the
+	// store or a batch before), so that its id is not in the partition's
+	// filter yet. An id that was found is (see idFilter), and apply skips
+	// adding it again: four random reads of the filter per snapshot.
+	fresh bool
 }
 
 // load returns an aggregate's state: the overlay's, else the previous
@@ -320,11 +341,11 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	}
 	w.metrics.cacheMisses.Inc()
 	if pb.a.ids.absent(id) {
-		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
+		return &aggState{state: agg.Initial(), commandOffset: -1, fresh: true}, nil
 	}
 	v, err := w.cfg.Store.Get(agg.Name(), pb.a.key.partition, id)
 	if errors.Is(err, statestore.ErrNotFound) {
-		return &aggState{state: agg.Initial(), commandOffset: -1}, nil
+		return &aggState{state: agg.Initial(), commandOffset: -1, fresh: true}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -390,7 +411,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		return pb.refuse(ctx, c, schemas.Invalid, decodeError(err))
 	}
 	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Version: st.version}
-	next := &aggState{state: st.state, stateBytes: st.stateBytes, version: st.version, commandOffset: r.Offset}
+	next := &aggState{state: st.state, stateBytes: st.stateBytes, version: st.version, commandOffset: r.Offset, fresh: st.fresh}
 	var d decision
 	var rejection topology.Rejection
 	switch {

@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"iter"
 	"strconv"
 	"time"
 
@@ -143,17 +144,26 @@ type counts[K comparable] []struct {
 	n   int
 }
 
-func (c *counts[K]) add(k K) {
+func (c *counts[K]) add(k K) { c.addN(k, 1) }
+
+func (c *counts[K]) addN(k K, n int) {
 	for i := range *c {
 		if (*c)[i].key == k {
-			(*c)[i].n++
+			(*c)[i].n += n
 			return
 		}
 	}
 	*c = append(*c, struct {
 		key K
 		n   int
-	}{k, 1})
+	}{k, n})
+}
+
+// addAll adds the counts of o.
+func (c *counts[K]) addAll(o counts[K]) {
+	for _, e := range o {
+		c.addN(e.key, e.n)
+	}
 }
 
 func (t *tally) command(s schemas.Status, ts time.Time) {
@@ -169,21 +179,31 @@ func (t *tally) deadLetter(reason string) {
 }
 
 // committed adds a committed tally of aggregate type typ.
-func (m *metrics) committed(typ string, t *tally, at time.Time) {
-	for _, c := range t.statuses {
+func (m *metrics) committed(typ string, tallies iter.Seq[*tally], at time.Time) {
+	// The counts of the shares are summed first: a batch at 10k commands/s
+	// has ~18 shares, and a labelled child looked up for each count of
+	// each share was 0.7 µs of CPU a command.
+	var sum tally
+	lat := m.commandLatency.WithLabelValues(typ)
+	for t := range tallies {
+		for _, ts := range t.timestamps {
+			lat.Observe(max(at.Sub(ts), 0).Seconds())
+		}
+		sum.statuses.addAll(t.statuses)
+		sum.deadLetters.addAll(t.deadLetters)
+		sum.records.addAll(t.records)
+		sum.dedupeHits += t.dedupeHits
+	}
+	for _, c := range sum.statuses {
 		m.commands.WithLabelValues(typ, string(c.key)).Add(float64(c.n))
 	}
-	lat := m.commandLatency.WithLabelValues(typ)
-	for _, ts := range t.timestamps {
-		lat.Observe(max(at.Sub(ts), 0).Seconds())
+	if sum.dedupeHits > 0 {
+		m.dedupeHits.WithLabelValues(typ).Add(float64(sum.dedupeHits))
 	}
-	if t.dedupeHits > 0 {
-		m.dedupeHits.WithLabelValues(typ).Add(float64(t.dedupeHits))
-	}
-	for _, c := range t.deadLetters {
+	for _, c := range sum.deadLetters {
 		m.deadLetters.WithLabelValues(typ, c.key).Add(float64(c.n))
 	}
-	for _, c := range t.records {
+	for _, c := range sum.records {
 		m.records.WithLabelValues(c.key).Add(float64(c.n))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -731,4 +732,63 @@ func TestGroupOffsetsGoingBackAnswerNothingTwice(t *testing.T) {
 		}
 	}
 	e.checkEvents()
+}
+
+// The metrics count what committed, once: a batch's shares of several
+// partitions are summed, and the commands of a transaction that aborted
+// (a produce refused) and was redone are counted at the redo only.
+func TestMetricsCountCommittedCommandsOnce(t *testing.T) {
+	e := newEnv(t, 4)
+	m := newModel()
+	w := e.start(t.TempDir(), "w1")
+	h := e.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: e.topics.Events, Err: kerr.InvalidRecord, Count: 1})
+	steps := script("s", 120, 30)
+	want := e.run(m, steps)
+	e.check(m, want, len(steps))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.Wait(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus := map[string]float64{}
+	for _, r := range want {
+		wantStatus[string(r.Status)]++
+	}
+	value := func(c prometheus.Collector) float64 {
+		var d dto.Metric
+		if err := c.(prometheus.Metric).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetCounter().GetValue()
+	}
+	mt := w.w.metrics
+	answered := func() float64 {
+		n := 0.0
+		for status := range wantStatus {
+			n += value(mt.commands.WithLabelValues(e.agg.Name(), status))
+		}
+		return n
+	}
+	// The reply is read once its transaction committed, which the worker
+	// counts just after: wait for the count to reach the commands.
+	for deadline := time.Now().Add(10 * time.Second); answered() < float64(len(steps)); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			break
+		}
+	}
+	for status, n := range wantStatus {
+		if got := value(mt.commands.WithLabelValues(e.agg.Name(), status)); got != n {
+			t.Errorf("commands_total{status=%s} = %v, want %v", status, got, n)
+		}
+	}
+	if got, want := value(mt.records.WithLabelValues(kindReply)), float64(len(steps)); got != want {
+		t.Errorf("records_produced_total{kind=reply} = %v, want %v", got, want)
+	}
+	if got, want := value(mt.records.WithLabelValues(kindEvent)), wantStatus[string(schemas.Accepted)]; got != want {
+		t.Errorf("records_produced_total{kind=event} = %v, want %v (one per accepted command)", got, want)
+	}
+	if value(mt.transactions.WithLabelValues("aborted")) == 0 {
+		t.Error("no transaction aborted: the refused produce was not seen")
+	}
+	errIsNil(t, w.stop())
 }
