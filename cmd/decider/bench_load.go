@@ -183,6 +183,9 @@ type latency struct {
 	// a system's cycle competes with the broker for.
 	CPUus       float64 `json:"cpu_us_per_command"`
 	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
+	// The p99 of each round's run alone: the pooled P99ms is often one
+	// round's slow moment of the shared machine, which this shows.
+	RoundP99ms []float64 `json:"round_p99_ms"`
 }
 
 // drainTimeout is how long measureLatency waits for the last replies after
@@ -285,6 +288,7 @@ type latencyRun struct {
 	// by its caller, which knows the broker), replies drained included.
 	cpu, brokerCPU time.Duration
 	lats           []time.Duration // of the commands answered, in the order read
+	roundP99       []time.Duration // of each run added, in order
 }
 
 // add adds the commands of r to l.
@@ -293,6 +297,7 @@ func (l *latencyRun) add(r latencyRun) {
 	l.sentFor += r.sentFor
 	l.cpu += r.cpu
 	l.brokerCPU += r.brokerCPU
+	l.roundP99 = append(l.roundP99, quantile(slices.Sorted(slices.Values(r.lats)), 0.99))
 	l.lats = append(l.lats, r.lats...)
 }
 
@@ -310,12 +315,23 @@ func summarize(load int, l latencyRun) latency {
 		return res
 	}
 	slices.Sort(l.lats)
-	ms := func(q float64) float64 {
-		return float64(l.lats[int(q*float64(len(l.lats)-1))]) / float64(time.Millisecond)
-	}
+	ms := func(q float64) float64 { return toMs(quantile(l.lats, q)) }
 	res.P50ms, res.P99ms, res.P999ms = ms(0.50), ms(0.99), ms(0.999)
+	for _, p := range l.roundP99 {
+		res.RoundP99ms = append(res.RoundP99ms, toMs(p))
+	}
 	return res
 }
+
+// quantile returns the q-quantile of sorted (0 for none).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(q*float64(len(sorted)-1))]
+}
+
+func toMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // replyReader returns a client reading every partition of topic
 // (read_committed) from its current end.

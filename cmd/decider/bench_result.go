@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,6 +64,28 @@ func loadLabel(perS int) string {
 	return strconv.Itoa(perS)
 }
 
+// roundRatios returns d[i] ÷ ref[i] for each round both have.
+func roundRatios(d, ref []float64) []float64 {
+	out := make([]float64, 0, min(len(d), len(ref)))
+	for i := range min(len(d), len(ref)) {
+		out = append(out, ratio(d[i], ref[i]))
+	}
+	return out
+}
+
+// median returns the median of xs, which it leaves as they are (0 for
+// none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
 func ratio(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -109,6 +132,11 @@ func (r *benchResult) summary() map[string]any {
 		m["p99_ratio_"+label] = ratio(l.P99ms, rl.P99ms)
 		m["p999_ratio_"+label] = ratio(l.P999ms, rl.P999ms)
 		m["cpu_ratio_"+label] = ratio(l.CPUus, rl.CPUus)
+		rounds := roundRatios(l.RoundP99ms, rl.RoundP99ms)
+		m["p99_ratio_rounds_"+label] = rounds
+		if len(rounds) > 0 {
+			m["p99_ratio_round_median_"+label] = median(rounds)
+		}
 	}
 	return m
 }
@@ -143,6 +171,18 @@ func (r *benchResult) table(w io.Writer) {
 		}
 	}
 	row("peak RSS, MiB", mib(d.PeakRSS), mib(ref.PeakRSS), "%.0f")
+	fmt.Fprintf(w, "\np99 ratio round by round (each round's runs alone):\n")
+	for i, l := range d.Latency {
+		rounds := roundRatios(l.RoundP99ms, ref.Latency[i].RoundP99ms)
+		if len(rounds) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "  at %d/s:", l.Offered)
+		for _, x := range rounds {
+			fmt.Fprintf(w, " %.2f", x)
+		}
+		fmt.Fprintf(w, " (median %.2f)\n", median(rounds))
+	}
 	fmt.Fprintf(w, "\nstate store after the run: %.1f MiB on disk\n", mib(d.DiskBytes))
 	rs := r.Restore
 	fmt.Fprintf(w, "restore of %d snapshots: %.2f s, %.0f snapshots/s, peak RSS %.0f MiB, %.1f MiB on disk; CPU per snapshot %.2f µs (broker %.2f µs)\n", rs.Aggregates, rs.S, rs.PerS, mib(rs.PeakRSS), mib(rs.DiskBytes), rs.CPUus, rs.BrokerCPUus)

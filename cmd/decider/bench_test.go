@@ -19,7 +19,7 @@ func TestBenchQuick(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatalf("bench printed %q: %v", out.String(), err)
 	}
-	for _, key := range []string{"throughput_ratio", "p99_ratio_1k", "p99_ratio_10k", "commands_per_s", "reference_per_s", "restore_per_s", "peak_rss_bytes", "pebble_bytes"} {
+	for _, key := range []string{"throughput_ratio", "p99_ratio_1k", "p99_ratio_10k", "p99_ratio_round_median_10k", "cpu_ratio_10k", "commands_per_s", "reference_per_s", "restore_per_s", "peak_rss_bytes", "pebble_bytes"} {
 		if v, ok := got[key].(float64); !ok || !(v > 0) {
 			t.Errorf("%s = %v, want a positive number", key, got[key])
 		}
