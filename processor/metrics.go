@@ -3,6 +3,7 @@ package processor
 import (
 	"iter"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/deciderhq/decider/schemas"
@@ -28,6 +29,7 @@ type metrics struct {
 	restoreRecords  *prometheus.CounterVec
 	restoreDuration *prometheus.HistogramVec
 	lag             *prometheus.GaugeVec
+	lagGauges       sync.Map // partitionKey → prometheus.Gauge of lag, see setLag
 	cacheHits       prometheus.Counter
 	cacheMisses     prometheus.Counter
 	storeWrites     *prometheus.CounterVec
@@ -208,13 +210,21 @@ func (m *metrics) committed(typ string, tallies iter.Seq[*tally], at time.Time) 
 	}
 }
 
-// setLag records a partition's lag.
+// setLag records a partition's lag. Its gauge is kept from the first
+// poll of the partition until forget: looked up by its labels at every
+// poll, it cost more than the rest of observing the poll.
 func (m *metrics) setLag(topic string, p int32, lag int64) {
-	m.lag.WithLabelValues(topic, strconv.Itoa(int(p))).Set(float64(max(lag, 0)))
+	k := partitionKey{topic, p}
+	g, ok := m.lagGauges.Load(k)
+	if !ok {
+		g, _ = m.lagGauges.LoadOrStore(k, m.lag.WithLabelValues(topic, strconv.Itoa(int(p))))
+	}
+	g.(prometheus.Gauge).Set(float64(max(lag, 0)))
 }
 
 // forget drops the per-partition series of a partition no longer owned.
 func (m *metrics) forget(topic string, p int32) {
+	m.lagGauges.Delete(partitionKey{topic, p})
 	m.lag.DeleteLabelValues(topic, strconv.Itoa(int(p)))
 }
 

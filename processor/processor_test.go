@@ -790,5 +790,23 @@ func TestMetricsCountCommittedCommandsOnce(t *testing.T) {
 	if value(mt.transactions.WithLabelValues("aborted")) == 0 {
 		t.Error("no transaction aborted: the refused produce was not seen")
 	}
+	// Every partition was polled to its end: a lag series each, at 0.
+	lags := make(chan prometheus.Metric, 2*e.agg.Partitions())
+	mt.lag.Collect(lags)
+	close(lags)
+	n := 0
+	for l := range lags {
+		var d dto.Metric
+		if err := l.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		if d.GetGauge().GetValue() != 0 {
+			t.Errorf("consumer lag %v = %v, want 0", d.GetLabel(), d.GetGauge().GetValue())
+		}
+		n++
+	}
+	if n != int(e.agg.Partitions()) {
+		t.Errorf("%d consumer lag series, want one per partition (%d)", n, e.agg.Partitions())
+	}
 	errIsNil(t, w.stop())
 }
