@@ -73,8 +73,9 @@ type storeWrite struct {
 }
 
 func (w *Worker) newStoreWrite(size int) *storeWrite {
-	s := &storeWrite{w: w, writes: w.cfg.Store.NewWrites(size), gens: map[uint64]*assigned{}, owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}, counts: map[string]int{}}
+	s := &storeWrite{w: w, writes: w.cfg.Store.NewWrites(size), owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}, counts: map[string]int{}}
 	w.mu.Lock()
+	s.gens = make(map[uint64]*assigned, len(w.parts)) // at its size: grown from empty, each batch took twice as long
 	for _, a := range w.parts {
 		s.gens[a.gen] = a
 	}
