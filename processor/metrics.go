@@ -180,7 +180,8 @@ func (t *tally) deadLetter(reason string) {
 	t.record(kindDeadLetter)
 }
 
-// committed adds a committed tally of aggregate type typ.
+// committed adds the tallies of a committed batch's shares of aggregate
+// type typ.
 func (m *metrics) committed(typ string, tallies iter.Seq[*tally], at time.Time) {
 	// The counts of the shares are summed first: a batch at 10k commands/s
 	// has ~18 shares, and a labelled child looked up for each count of
