@@ -253,6 +253,10 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 			s.out.Latency = append(s.out.Latency, l)
 		}
 	}
+	for j := range b.loads {
+		lo, hi := ratioInterval(systems[1].runs[j].blocks, systems[0].runs[j].blocks, 0.99)
+		res.P99RatioInterval = append(res.P99RatioInterval, [2]float64{lo, hi})
+	}
 	res.Restore, err = b.measureRestore(ctx, agg)
 	return err
 }

@@ -210,7 +210,8 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		return res, err
 	}
 	var replies atomic.Int64
-	lats := make([]time.Duration, 0, total)
+	var began atomic.Int64 // unix nanos: the sending's start, set before any command is sent
+	lats, sent := make([]time.Duration, 0, total), make([]time.Duration, 0, total)
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -231,6 +232,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 				}
 				if at := sentAt[seq].Swap(0); at > 0 { // a second reply of one command counts once
 					lats = append(lats, time.Duration(now-at))
+					sent = append(sent, time.Duration(at-began.Load()))
 					replies.Add(1)
 				}
 			})
@@ -249,6 +251,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 	defer pr.Close()
 	var failed produceErrors
 	start := time.Now()
+	began.Store(start.UnixNano())
 	for res.sent < total && ctx.Err() == nil {
 		due := min(total, int(float64(rate)*time.Since(start).Seconds())+1)
 		for ; res.sent < due; res.sent++ {
@@ -273,7 +276,7 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 		time.Sleep(10 * time.Millisecond) // the reader counts; nothing to wait on but the count
 	}
 	stopReader()
-	res.lats = lats
+	res.lats, res.blocks = lats, blocksOf(lats, sent)
 	if len(lats) == 0 {
 		return res, fmt.Errorf("no reply to any of %d commands at %d/s within %s", res.sent, rate, drainTimeout)
 	}
@@ -288,6 +291,7 @@ type latencyRun struct {
 	// by its caller, which knows the broker), replies drained included.
 	cpu, brokerCPU time.Duration
 	lats           []time.Duration // of the commands answered, in the order read
+	blocks         []*histogram    // of lats, by the second of its run each command was sent in
 	roundP99       []time.Duration // of each run added, in order
 }
 
@@ -299,6 +303,7 @@ func (l *latencyRun) add(r latencyRun) {
 	l.brokerCPU += r.brokerCPU
 	l.roundP99 = append(l.roundP99, quantile(slices.Sorted(slices.Values(r.lats)), 0.99))
 	l.lats = append(l.lats, r.lats...)
+	l.blocks = append(l.blocks, r.blocks...)
 }
 
 // summarize returns the percentiles of the runs in l, at load per second.

@@ -20,17 +20,20 @@ import (
 
 // benchResult is everything one run of `decider bench` measured.
 type benchResult struct {
-	Machine       machine
-	Broker        string // what the run measured on
-	Partitions    int32
-	Commands      int
-	Accounts      int
-	Duration      string // each system was offered each load, over all rounds
-	Rounds        int    // in which the systems took turns at the latency runs
-	Reference     systemResult
-	Decider       systemResult
-	Restore       restoreResult
-	BrokerPeakRSS int64 // of a broker child process; 0 for others
+	Machine    machine
+	Broker     string // what the run measured on
+	Partitions int32
+	Commands   int
+	Accounts   int
+	Duration   string // each system was offered each load, over all rounds
+	Rounds     int    // in which the systems took turns at the latency runs
+	Reference  systemResult
+	Decider    systemResult
+	// By load: the 5th and 95th percentiles of the p99 ratio over
+	// bootstrap draws of each system's seconds (see ratioInterval).
+	P99RatioInterval [][2]float64
+	Restore          restoreResult
+	BrokerPeakRSS    int64 // of a broker child process; 0 for others
 }
 
 // machine says where a run ran.
@@ -130,6 +133,7 @@ func (r *benchResult) summary() map[string]any {
 		rl, label := ref.Latency[i], loadLabel(l.Offered)
 		m["p50_ratio_"+label] = ratio(l.P50ms, rl.P50ms)
 		m["p99_ratio_"+label] = ratio(l.P99ms, rl.P99ms)
+		m["p99_ratio_interval_"+label] = r.P99RatioInterval[i]
 		m["p999_ratio_"+label] = ratio(l.P999ms, rl.P999ms)
 		m["cpu_ratio_"+label] = ratio(l.CPUus, rl.CPUus)
 		rounds := roundRatios(l.RoundP99ms, rl.RoundP99ms)
@@ -171,6 +175,11 @@ func (r *benchResult) table(w io.Writer) {
 		}
 	}
 	row("peak RSS, MiB", mib(d.PeakRSS), mib(ref.PeakRSS), "%.0f")
+	fmt.Fprintf(w, "\np99 ratio with its 90%% interval (block bootstrap: each system's seconds drawn again %d times):\n", bootstrapDraws)
+	for i, l := range d.Latency {
+		in := r.P99RatioInterval[i]
+		fmt.Fprintf(w, "  at %d/s: %.2f (%.2f–%.2f)\n", l.Offered, ratio(l.P99ms, ref.Latency[i].P99ms), in[0], in[1])
+	}
 	fmt.Fprintf(w, "\np99 ratio round by round (each round's runs alone):\n")
 	for i, l := range d.Latency {
 		rounds := roundRatios(l.RoundP99ms, ref.Latency[i].RoundP99ms)

@@ -24,4 +24,7 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("%s = %v, want a positive number", key, got[key])
 		}
 	}
+	if in, ok := got["p99_ratio_interval_10k"].([]any); !ok || len(in) != 2 || !(in[0].(float64) > 0) || in[0].(float64) > in[1].(float64) {
+		t.Errorf("p99_ratio_interval_10k = %v, want [lo, hi] with 0 < lo <= hi", got["p99_ratio_interval_10k"])
+	}
 }
