@@ -413,7 +413,6 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	reply := schemas.Reply{CommandID: c.id, AggregateID: id, Version: st.version}
 	next := &aggState{state: st.state, stateBytes: st.stateBytes, version: st.version, commandOffset: r.Offset, fresh: st.fresh}
 	var d decision
-	var rejection topology.Rejection
 	switch {
 	case !c.deadline.IsZero() && time.Now().After(c.deadline):
 		reply.Status, reply.Reason = schemas.Expired, "deadline_passed"
@@ -430,8 +429,11 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 			pb.a.decideTime.Observe(time.Since(began).Seconds())
 		}
 		pb.decided++
+		// AsType, not As, whose reflection took 72 against 3 ns a
+		// refused command (warm; far more between commands at 1k/s).
+		rejection, refused := errors.AsType[topology.Rejection](d.err)
 		switch {
-		case errors.As(d.err, &rejection):
+		case refused:
 			reply.Status, reply.Reason = schemas.Rejected, string(rejection)
 		case d.err != nil:
 			reply.Status, reply.Reason = schemas.Failed, d.reason
