@@ -99,7 +99,12 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run: the first --accounts open them, the others are deposits and withdrawals (default 1500000, or --accounts if more: the reference loop gets faster for the first million or so, and a shorter run compares decider with its warm-up)")
 	accts := fs.Int("accounts", 100000, "accounts the commands go to (the first --accounts commands open them)")
 	loads := fs.String("loads", "1000,10000,50000", "offered loads of the latency runs, commands per second, comma-separated")
-	duration := fs.Duration("duration", 10*time.Second, "time each system is offered each load, over all rounds")
+	// 10 s until the fourteenth round: a block bootstrap of two runs of 60
+	// s a load and system (bench --commands 300000 --loads 1000,10000
+	// --duration 60s --restore-aggregates 1000) put the 90% interval of a
+	// 10 s run's p99 ratio at 10k/s at 0.49–2.01 and 0.64–1.49, of a 30 s
+	// run's at 0.58–1.71 and 0.74–1.18.
+	duration := fs.Duration("duration", 30*time.Second, "time each system is offered each load, over all rounds (the p99 of a shorter run is mostly which system a few stalls of the machine fell on)")
 	// 2 rounds until the eleventh round: five runs of one binary each way
 	// (bench --commands 100000 --loads 1000,10000 --rounds N
 	// --restore-aggregates 1000, alternating) put the p99 ratio at 10k/s at
