@@ -24,6 +24,7 @@ type metrics struct {
 	batchCommands   prometheus.Histogram
 	txnDuration     prometheus.Histogram
 	transactions    *prometheus.CounterVec
+	committedTxns   prometheus.Counter // transactions{outcome="committed"}: looked up once
 	aborts          *prometheus.CounterVec
 	owned           *prometheus.GaugeVec
 	restoreRecords  *prometheus.CounterVec
@@ -109,6 +110,7 @@ func newMetrics(reg prometheus.Registerer, store *statestore.Store, cache *state
 		Help: "Lookups of aggregates in the snapshot cache in front of the state store, by result (hit, miss); hit ÷ all is the hit ratio."},
 		[]string{"result"})
 	m.cacheHits, m.cacheMisses = lookups.WithLabelValues("hit"), lookups.WithLabelValues("miss")
+	m.committedTxns = m.transactions.WithLabelValues("committed")
 	if reg != nil {
 		cacheSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "state_cache_size_bytes",
 			Help: "Bytes of the snapshots held by the state cache (bounded by its configured size)."},

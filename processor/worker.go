@@ -143,13 +143,14 @@ type Worker struct {
 	adm         *kadm.Client
 	topics      *topicCache
 
-	mu      sync.Mutex                 // guards parts, owners and applied
-	parts   map[partitionKey]*assigned // partitions currently assigned
-	owners  map[partitionKey]string    // advertised address of every partition's owner, as of the latest rebalance
-	applied chan struct{}              // closed (and replaced) when Pebble was written
-	locks   sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
-	wg      sync.WaitGroup             // restore goroutines
-	arenas  arenas                     // for the partitions of a batch
+	mu           sync.Mutex                 // guards parts, owners and applied
+	parts        map[partitionKey]*assigned // partitions currently assigned
+	owners       map[partitionKey]string    // advertised address of every partition's owner, as of the latest rebalance
+	applied      chan struct{}              // closed (and replaced) when Pebble was written, if taken
+	appliedTaken bool                       // applied was handed to a reader
+	locks        sync.Map                   // partitionKey → *sync.Mutex: serialises Pebble writes of a partition
+	wg           sync.WaitGroup             // restore goroutines
+	arenas       arenas                     // for the partitions of a batch
 
 	deciders chan<- func() // the session's pool deciding the partitions of a batch
 	ender    chan<- func() // the session's goroutine ending transactions (Worker.end)
@@ -725,7 +726,7 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
-		w.metrics.transactions.WithLabelValues("committed").Inc()
+		w.metrics.committedTxns.Inc()
 	case isFenced(err):
 		abortKind = "fenced"
 	case try == kgo.TryCommit && revoked:
