@@ -810,3 +810,56 @@ func TestMetricsCountCommittedCommandsOnce(t *testing.T) {
 	}
 	errIsNil(t, w.stop())
 }
+
+// A read for a version not applied yet waits for the write that applies
+// it, and one for a version never reached gives up with
+// ErrVersionNotReached; transactions committed while no reader waits
+// leave the next reader's wait working.
+func TestReadWaitsForTheVersion(t *testing.T) {
+	e := newEnv(t, 2)
+	r := e.start(t.TempDir(), "w1")
+	e.produce(e.command("acc-r", "c1", accounts.OpenAccount{Owner: "ada"}))
+	for i := range 5 { // transactions with no reader waiting
+		e.produce(e.command("acc-r", fmt.Sprint("d", i), accounts.Deposit{Amount: 1}))
+	}
+	e.waitReplies(6)
+	read := func(ctx context.Context, minVersion int64) (Aggregate, error) {
+		return r.w.Read(ctx, e.agg.Name(), "acc-r", minVersion)
+	}
+	if got, err := read(t.Context(), 6); err != nil || got.Version != 6 {
+		t.Fatalf("read at version 6: %+v, %v", got, err)
+	}
+
+	got := make(chan Aggregate, 1)
+	go func() {
+		a, err := read(t.Context(), 7)
+		if err != nil {
+			t.Errorf("read waiting for version 7: %v", err)
+		}
+		got <- a
+	}()
+	for taken := false; !taken; { // the reader holds the channel the next write closes
+		r.w.mu.Lock()
+		taken = r.w.appliedTaken
+		r.w.mu.Unlock()
+		if !taken {
+			time.Sleep(time.Millisecond) // nothing to wait on: the reader runs on its own
+		}
+	}
+	e.produce(e.command("acc-r", "d5", accounts.Deposit{Amount: 1}))
+	select {
+	case a := <-got:
+		if a.Version != 7 {
+			t.Errorf("woken at version %d, want 7", a.Version)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a read waiting for version 7 was not woken by its write")
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if a, err := read(ctx, 9); !errors.Is(err, ErrVersionNotReached) || a.Version != 7 {
+		t.Errorf("read for version 9: %+v, %v; want version 7 and ErrVersionNotReached", a, err)
+	}
+	errIsNil(t, r.stop())
+}
