@@ -143,7 +143,7 @@ type Worker struct {
 	adm         *kadm.Client
 	topics      *topicCache
 
-	mu           sync.Mutex                 // guards parts, owners and applied
+	mu           sync.Mutex                 // guards parts, owners, applied and appliedTaken
 	parts        map[partitionKey]*assigned // partitions currently assigned
 	owners       map[partitionKey]string    // advertised address of every partition's owner, as of the latest rebalance
 	applied      chan struct{}              // closed (and replaced) when Pebble was written, if taken
