@@ -260,8 +260,9 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 			s.out.Latency = append(s.out.Latency, l)
 		}
 	}
+	ref, dec := systems[0], systems[1]
 	for j := range b.loads {
-		lo, hi := ratioInterval(systems[1].runs[j].blocks, systems[0].runs[j].blocks, 0.99)
+		lo, hi := ratioInterval(dec.runs[j].blocks, ref.runs[j].blocks, 0.99)
 		res.P99RatioInterval = append(res.P99RatioInterval, [2]float64{lo, hi})
 	}
 	res.Restore, err = b.measureRestore(ctx, agg)

@@ -11,7 +11,7 @@ import (
 //
 // A latency run's p99 is made by a few stalls of the shared machine: in
 // runs of 10 s per load and system, a system's slowest 1% at 10k
-// commands/s came in 7–11 episodes of 20–80 ms, the largest three holding
+// commands/s came in 7–11 episodes of 20–40 ms, the largest three holding
 // most of it, and both systems had them alike. Whether a run's ratio is
 // 0.7 or 1.6 is then mostly which system a few of them fell on. The bench
 // says how much a run's ratio is worth with a block bootstrap: each
