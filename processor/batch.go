@@ -392,6 +392,7 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 		if err != nil { // its snapshot was read whole, or it was encoded here
 			return fmt.Errorf("dedupe window of %s/%d/%s: %w", agg.Name(), r.Partition, id, err)
 		}
+		prev.AggregateID = id // the window's copy leaves it out (see below)
 		w.log.Debug("duplicate command", "id", c.id, "aggregate", id)
 		pb.tally.dedupeHits++
 		pb.tally.command(prev.Status, r.Timestamp)
@@ -452,11 +453,22 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
-	v, err := agg.Schemas().AppendReply(pb.ar.buf(schemas.ReplySize(reply)), reply)
+	// The window keeps the reply without its aggregate id, which its
+	// snapshot holds once: with ids like the example's, the ids were a
+	// quarter of a full window's bytes (with UUIDs for command and aggregate
+	// ids, almost half), in every snapshot written, cached, stored and
+	// restored. A duplicate gets it back from its command.
+	kept := reply
+	kept.AggregateID = ""
+	body, err := pb.encodeReply(c, kept)
 	if err != nil {
-		return fmt.Errorf("reply to %s: %w", c.id, err)
+		return err
 	}
-	next.recent = st.recent.add(v[schemas.FramingSize:], w.cfg.DedupeWindow)
+	v, err := pb.encodeReply(c, reply)
+	if err != nil {
+		return err
+	}
+	next.recent = st.recent.add(body[schemas.FramingSize:], w.cfg.DedupeWindow)
 	pb.stage(id, next)
 	return pb.sendReply(ctx, c, reply, v)
 }
@@ -624,11 +636,20 @@ func (pb *partBatch) headers(c *command, ceID, ceType, version []byte) []kgo.Rec
 // which is redone: a committed command never loses its reply to a passing
 // metadata error.
 func (pb *partBatch) reply(ctx context.Context, c *command, rep schemas.Reply) error {
-	v, err := pb.a.agg.Schemas().AppendReply(pb.ar.buf(schemas.ReplySize(rep)), rep)
+	v, err := pb.encodeReply(c, rep)
 	if err != nil {
-		return fmt.Errorf("reply to %s: %w", c.id, err)
+		return err
 	}
 	return pb.sendReply(ctx, c, rep, v)
+}
+
+// encodeReply encodes rep, the reply to c, in the batch's arena.
+func (pb *partBatch) encodeReply(c *command, rep schemas.Reply) ([]byte, error) {
+	v, err := pb.a.agg.Schemas().AppendReply(pb.ar.buf(schemas.ReplySize(rep)), rep)
+	if err != nil {
+		return nil, fmt.Errorf("reply to %s: %w", c.id, err)
+	}
+	return v, nil
 }
 
 // sendReply sends rep, encoded as v, like reply.

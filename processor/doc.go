@@ -96,9 +96,10 @@
 // Defence in depth against lost or reset group offsets (KAFKA-20416): every
 // snapshot records the offset of the last command applied to its aggregate,
 // and a command at or below it is skipped, whatever the committed offsets
-// say. Every snapshot also keeps the aggregate's last DedupeWindow replies:
-// a command id seen again gets its first reply again and writes no event
-// (only its snapshot, which moves on to its offset). Every decided command
+// say. Every snapshot also keeps the aggregate's last DedupeWindow replies
+// (each without the aggregate id, which the snapshot holds once): a command
+// id seen again gets its first reply again and writes no event (only its
+// snapshot, which moves on to its offset). Every decided command
 // is in its aggregate's snapshot of that transaction, also one that changed
 // nothing, so that both defences cover it.
 //

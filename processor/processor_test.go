@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -682,6 +683,50 @@ func TestRetryOfCommandRejectedBeforeTheFirstEvent(t *testing.T) {
 	}
 	if n := len(e.checkEvents()["acc"]); n != 1 {
 		t.Fatalf("%d events, want the open only", n)
+	}
+}
+
+// The dedupe window keeps its replies without their aggregate id, which its
+// snapshot holds once, and a retry's reply has the id all the same; a
+// window written with the ids (before they were left out) is read and
+// answered from as before.
+func TestDedupeWindowLeavesTheAggregateIDOut(t *testing.T) {
+	e := newEnv(t, 2)
+	reg := e.agg.Schemas()
+	state, err := e.agg.EncodeState(accounts.Account{Opened: true, Owner: "ada"})
+	errIsNil(t, err)
+	open := schemas.Reply{CommandID: "open", AggregateID: "acc", Status: schemas.Accepted, Version: 1, Events: 1}
+	_, old, err := reg.Encode(schemas.Snapshot{AggregateID: "acc", Version: 1, CommandOffset: -1, State: state, Recent: []schemas.Reply{open}})
+	errIsNil(t, err)
+	e.produce(&kgo.Record{Topic: e.topics.Snapshots, Partition: topology.Partition([]byte("acc"), e.agg.Partitions()), Key: []byte("acc"), Value: old})
+
+	w := e.start(t.TempDir(), "w1") // restores the snapshot above from the changelog
+	defer w.stop()
+	deposit := accounts.Deposit{Amount: 5}
+	e.produce(e.command("acc", "open", accounts.OpenAccount{Owner: "ada"}), e.command("acc", "dep", deposit), e.command("acc", "dep", deposit))
+	dep := schemas.Reply{CommandID: "dep", AggregateID: "acc", Status: schemas.Accepted, Version: 2, Events: 1}
+	want := map[schemas.Reply]int{open: 1, dep: 2}
+	got := map[schemas.Reply]int{}
+	for _, rep := range e.waitRepliesRaw(3) {
+		got[rep]++
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("replies %v, want %v", got, want)
+	}
+
+	var window []string // the aggregate ids of the latest snapshot's window
+	for _, r := range e.readAll(e.topics.Snapshots) {
+		_, _, bodies, err := reg.ReadSnapshot(r.Value)
+		errIsNil(t, err)
+		window = window[:0]
+		for body, rest, ok := schemas.NextReply(bodies); ok; body, rest, ok = schemas.NextReply(rest) {
+			rep, err := schemas.ReadReply(body)
+			errIsNil(t, err)
+			window = append(window, rep.AggregateID)
+		}
+	}
+	if !slices.Equal(window, []string{"acc", ""}) {
+		t.Errorf("aggregate ids in the latest window %q, want the old reply's and an empty one", window)
 	}
 }
 

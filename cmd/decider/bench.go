@@ -661,9 +661,9 @@ func snapshotRecord(agg *topology.Aggregate, topic string, i int) (*kgo.Record, 
 	if err != nil {
 		return nil, err
 	}
-	recent := make([]schemas.Reply, 3)
+	recent := make([]schemas.Reply, 3) // without the aggregate id, as the worker keeps a window
 	for v := range recent {
-		recent[v] = schemas.Reply{CommandID: fmt.Sprintf("%032x", 3*i+v), AggregateID: id, Status: schemas.Accepted, Version: int64(v + 1), Events: 1}
+		recent[v] = schemas.Reply{CommandID: fmt.Sprintf("%032x", 3*i+v), Status: schemas.Accepted, Version: int64(v + 1), Events: 1}
 	}
 	_, value, err := agg.Schemas().Encode(schemas.Snapshot{AggregateID: id, Version: 3, CommandOffset: int64(3 * i), State: state, Recent: recent})
 	if err != nil {
