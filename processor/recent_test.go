@@ -106,13 +106,13 @@ func BenchmarkDedupeWindow(b *testing.B) {
 	r := schemas.NewRegistry()
 	var whole []byte
 	for i := range size {
-		_, v, err := r.Encode(schemas.Reply{CommandID: fmt.Sprintf("cmd-%08d", i), AggregateID: "acc-12345", Status: schemas.Accepted, Version: int64(i)})
+		_, v, err := r.Encode(schemas.Reply{CommandID: fmt.Sprintf("cmd-%08d", i), Status: schemas.Accepted, Version: int64(i)})
 		if err != nil {
 			b.Fatal(err)
 		}
 		whole = append(whole, v[schemas.FramingSize:]...)
 	}
-	_, v, _ := r.Encode(schemas.Reply{CommandID: "cmd-new", AggregateID: "acc-12345", Status: schemas.Accepted, Version: size})
+	_, v, _ := r.Encode(schemas.Reply{CommandID: "cmd-new", Status: schemas.Accepted, Version: size})
 	body := v[schemas.FramingSize:]
 	var pieces [][]byte
 	for b.Loop() {

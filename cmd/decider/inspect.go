@@ -24,7 +24,8 @@ snapshots topic (partition, offset, time), its version (the number of its
 events), commandOffset (the offset of the last command applied to it: a
 command at or below it is never decided again), its state as Avro JSON and
 "recent", the dedupe window of its last replies (a command id in it gets
-that reply again; their aggregateId is empty: it is the snapshot's).
+that reply again; their aggregateId is the snapshot's, and empty but in
+replies kept from workers that wrote it).
 
 The snapshot is the newest record keyed by the id in the partition the id
 hashes to, found by reading that partition backwards from its end in
