@@ -453,22 +453,16 @@ func (pb *partBatch) handle(ctx context.Context, r *kgo.Record) error {
 	// nothing on an aggregate with no events: its offset and reply are what
 	// make a replay or a retry of it answer the same, never decide again.
 	pb.tally.command(reply.Status, r.Timestamp)
+	v, err := pb.encodeReply(c, reply)
+	if err != nil {
+		return err
+	}
 	// The window keeps the reply without its aggregate id, which its
 	// snapshot holds once: with ids like the example's, the ids were a
 	// quarter of a full window's bytes (with UUIDs for command and aggregate
 	// ids, almost half), in every snapshot written, cached, stored and
 	// restored. A duplicate gets it back from its command.
-	kept := reply
-	kept.AggregateID = ""
-	body, err := pb.encodeReply(c, kept)
-	if err != nil {
-		return err
-	}
-	v, err := pb.encodeReply(c, reply)
-	if err != nil {
-		return err
-	}
-	next.recent = st.recent.add(body[schemas.FramingSize:], w.cfg.DedupeWindow)
+	next.recent = st.recent.add(schemas.AppendWindowReply(pb.ar.buf(len(v)), v), w.cfg.DedupeWindow)
 	pb.stage(id, next)
 	return pb.sendReply(ctx, c, reply, v)
 }

@@ -8,8 +8,8 @@ import "github.com/deciderhq/decider/schemas"
 // is cut back to it, so each add costs O(1) amortised and the memory held
 // is bounded.
 //
-// Replies are kept as Avro bodies, encoded once with an empty aggregate id
-// (the snapshot's own; the reply sent is encoded apart, with it): snapshots
+// Replies are kept as Avro bodies with an empty aggregate id (the
+// snapshot's own), cut from the reply sent (schemas.AppendWindowReply): snapshots
 // are written from the bodies, a command id is compared within its body,
 // and a reply is decoded only when a duplicate is found. The oldest node of
 // a window read from a snapshot holds all of that snapshot's replies, as

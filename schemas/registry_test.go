@@ -711,6 +711,7 @@ func FuzzDecode(f *testing.F) {
 		// whatever the bytes.
 		FindReply(data, "c")
 		SkipReplies(data, 2)
+		AppendWindowReply(nil, data)
 		// The hand-written snapshot reader agrees with hamba's.
 		want, werr := r.Decode(SnapshotName, data)
 		got, bodies, err := readSnapshotWhole(r, data)
@@ -747,6 +748,16 @@ func checkAppendReply(t *testing.T, r *Registry, rep Reply) {
 	got, err := r.AppendReply([]byte("x"), rep)
 	if err != nil || !bytes.Equal(got[1:], want) || len(want) > ReplySize(rep) {
 		t.Fatalf("AppendReply(%+v) = % x, %v; Encode: % x (ReplySize %d)", rep, got[1:], err, want, ReplySize(rep))
+	}
+	// The dedupe window's form is the body of the same reply without its
+	// aggregate id.
+	rep.AggregateID = ""
+	_, wantWindow, err := r.Encode(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if window := AppendWindowReply([]byte("y"), want); !bytes.Equal(window[1:], wantWindow[FramingSize:]) {
+		t.Fatalf("AppendWindowReply(%+v) = % x, want % x", rep, window[1:], wantWindow[FramingSize:])
 	}
 }
 

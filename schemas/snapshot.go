@@ -64,6 +64,22 @@ func (r *Registry) AppendReply(dst []byte, rep Reply) ([]byte, error) {
 	return binary.AppendVarint(dst, int64(rep.Events)), nil // an Avro int is zigzag-encoded like a long
 }
 
+// AppendWindowReply appends to dst the body of reply, a decider.Reply as
+// AppendReply encodes it, with an empty aggregateId: the form a snapshot's
+// dedupe window keeps its replies in (the snapshot holds the id once). A
+// reply that is not well formed appends nothing.
+func AppendWindowReply(dst, reply []byte) []byte {
+	body := reply[min(len(reply), FramingSize):]
+	_, idEnd := skipBytes(body, 0)
+	_, aggEnd := skipBytes(body, idEnd)
+	if aggEnd < 0 {
+		return dst
+	}
+	dst = append(dst, body[:idEnd]...)
+	dst = append(dst, 0) // "": a string of length 0
+	return append(dst, body[aggEnd:]...)
+}
+
 // ReplySize bounds the length of rep's single-object encoding.
 func ReplySize(rep Reply) int {
 	return FramingSize + len(rep.CommandID) + len(rep.AggregateID) + len(rep.Reason) + 6*binary.MaxVarintLen64
