@@ -47,9 +47,10 @@ prints every figure next to its ratio to the reference's:
     reference, decider, …), each warmed up for a second before its turn
     is measured. Each p99 ratio is printed with its 90% interval: each
     system's latencies, by the second their commands were sent in, are
-    drawn again with replacement, and the ratio of the drawn p99s taken. Decider stays up from its flat-out run to the end (a
-    restart would empty its state cache); the reference, which holds no
-    state, is stopped after its flat-out run and started for each turn.
+    drawn again with replacement, and the ratio of the drawn p99s taken.
+    Decider stays up from its flat-out run to the end (a restart would
+    empty its state cache); the reference, which holds no state, is
+    stopped after its flat-out run and started for each turn.
  3. restore: --restore-aggregates snapshots in the changelog are restored
     into an empty store, every partition in parallel as a worker does.
  4. peak RSS of this process in each flat-out run and in the restore
