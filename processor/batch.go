@@ -42,7 +42,7 @@ type batch struct {
 	stopPoll  context.CancelFunc // cancels pollCtx
 	endingCtx context.Context    // of the polls made after the flush; cancelled once the transaction's outcome is known
 	ended     context.CancelFunc // cancels endingCtx
-	done      chan struct{}      // closed when the transaction ended, and a committed one is applied
+	done      chan struct{}      // closed when the transaction ended
 	committed bool               // set before done: the transaction committed
 	endErr    error              // set before done: an error that ends the session
 }

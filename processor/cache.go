@@ -21,8 +21,8 @@ import (
 // dropped without a copy of it going to the pending list: the snapshots the
 // worker's next store write must write (drain), in order, with those too
 // big for the ring. Until that write is committed (settle), get still
-// finds them there: a batch decided meanwhile (beside the end of the one
-// being applied) must not read an older snapshot from Pebble. How the
+// finds them there: a read meanwhile (read.go) must not find an older
+// snapshot in Pebble. How the
 // store's checkpoints follow is told in checkpoints.go.
 //
 // It holds encoded snapshots, not decoded states, in a ring of byte

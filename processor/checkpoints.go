@@ -34,8 +34,8 @@ import (
 //
 // What the cache lets go of (evicted, swept, or too big for it) waits in
 // its pending list, readable, until the Pebble batch that writes it is
-// committed: the next batch, decided while this one is applied, must find
-// it there rather than an older snapshot in Pebble. Every write is a
+// committed: a read meanwhile (read.go) must find it there rather than an
+// older snapshot in Pebble. Every write is a
 // committed snapshot, so the store is never ahead of Kafka; a crash loses
 // the dirty entries, which a restart reads again from the changelog, from
 // a checkpoint at most about two rounds behind (Pebble runs without its WAL:

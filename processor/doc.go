@@ -40,7 +40,9 @@
 //     without their records.
 //  4. End: EndTxn, a commit unless a record or the offsets failed or
 //     partitions were revoked or lost since the transaction began.
-//  5. Committed: the overlays' snapshots are put in the state cache
+//  5. Committed: once the next batch's transaction has begun (step 6),
+//     so that this is not in the cycle of transactions, the loop puts the
+//     overlays' snapshots in the state cache
 //     (copied), which writes them back to Pebble later, each aggregate once
 //     however many transactions changed it meanwhile: when it evicts them,
 //     or when the sweep that follows every committed batch passes them.
@@ -49,9 +51,8 @@
 //     the sweep (checkpoints.go tells why the store stays a prefix of the
 //     changelog). A snapshot too big for the cache is written to Pebble
 //     at once, in one Pebble batch with what the cache let go of; until
-//     that batch is committed, the cache still serves what it let go of
-//     (the next batch may be deciding meanwhile). The
-//     batch's records and bytes are then reused. Only now: neither the
+//     that batch is committed, the cache still serves what it let go of.
+//     The batch's records and bytes are then reused. Only now: neither the
 //     cache nor Pebble holds state of a transaction that did not commit.
 //     Aborted: the overlays are dropped, and the session rewinds to the
 //     batch's first commands; they are decided again, deterministically.
@@ -62,9 +63,11 @@
 //     only once its last one was polled), and decides them (step 1) while
 //     the batch's transaction ends; what comes during its EndTxn it
 //     decides as it comes, after them and on their results. Once the end
-//     is known and applied, what the client buffered meanwhile joins the
-//     next batch too unless that is a full poll, so that no command waits
-//     for one transaction more. The next batch then begins;
+//     is known, what the client buffered meanwhile joins the next batch
+//     too unless that is a full poll, so that no command waits for one
+//     transaction more (decided on the overlays of the batch that
+//     committed, not applied yet). The next batch then begins, and the one
+//     that committed is applied (step 5);
 //     if the transaction did not commit, what was polled beside it
 //     (decided, on state that never was, or not) is dropped unproduced, and
 //     the commands of both are polled again: the worker sets the client's

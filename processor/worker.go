@@ -357,14 +357,16 @@ func goroutines(wg *sync.WaitGroup, n int) chan<- func() {
 
 // loop polls and decides batches until ctx is cancelled or the session
 // fails. While one batch's transaction ends (its records flushed, its
-// offsets committed, the commit applied to the store) in the background,
-// the commands polled meanwhile are decided: those gathered during the
-// flush at once, those that come during its EndTxn as they come (follow);
-// once that end is known and applied, what the client buffered meanwhile
-// joins the next batch (topUp), which then begins.
+// offsets committed) in the background, the commands polled meanwhile are
+// decided: those gathered during the flush at once, those that come during
+// its EndTxn as they come (follow); once that end is known, what the
+// client buffered meanwhile joins the next batch (topUp), which then
+// begins, and only then is the batch that committed applied to the state
+// cache and store, beside the next one's flush.
 func (w *Worker) loop(ctx context.Context) error {
 	var ending *batch // whose transaction is ending; nil for none
 	for {
+		var committed *batch // the batch before, committed and not applied yet; nil for none
 		var fetches kgo.Fetches
 		if ending == nil {
 			fetches = w.sess.Client().PollRecords(ctx, w.cfg.MaxPollRecords)
@@ -386,12 +388,12 @@ func (w *Worker) loop(ctx context.Context) error {
 				}
 			}
 			var err error
-			if b, err = w.settle(ending, b, fetches); err != nil {
+			if b, committed, err = w.settle(ending, b, fetches); err != nil {
 				return err
 			}
 			ending = nil
 			if !stopping && ctx.Err() == nil {
-				w.topUp(ctx, b)
+				w.topUp(ctx, committed, b)
 			}
 		}
 		if stopping || ctx.Err() != nil {
@@ -399,21 +401,29 @@ func (w *Worker) loop(ctx context.Context) error {
 			// not committed, and whoever owns them next decides them.
 			b.release()
 			w.log.Info("worker stopping")
-			return nil
+			return w.applyCommitted(committed)
 		}
 		if b == nil {
+			if err := w.applyCommitted(committed); err != nil {
+				return err
+			}
 			continue
 		}
 		if err := w.sess.Client().BeginTransaction(); err != nil {
 			b.release()
 			// Only a producer left in a fatal state refuses to begin.
-			return fmt.Errorf("%w: begin transaction: %w", ErrFenced, err)
+			return errors.Join(fmt.Errorf("%w: begin transaction: %w", ErrFenced, err), w.applyCommitted(committed))
 		}
 		b.pollCtx, b.stopPoll = context.WithCancel(ctx)
 		b.endingCtx, b.ended = context.WithCancel(ctx)
 		b.done = make(chan struct{})
 		w.ender <- func() { w.end(ctx, b) } // free: the end before it is settled
 		ending = b
+		if err := w.applyCommitted(committed); err != nil {
+			<-b.done
+			b.release()
+			return err
+		}
 	}
 }
 
@@ -444,11 +454,21 @@ func (w *Worker) follow(ctx context.Context, ending, b *batch) *batch {
 			continue
 		}
 		b.fetches = mergeFetches(b.fetches, more)
-		b.prev = sharesOf(ending.parts)
-		for a, pbs := range sharesOf(b.parts) {
-			b.prev[a] = append(b.prev[a], pbs...)
-		}
+		b.chain(ending)
 		b.decideFetches(ctx, more)
+	}
+}
+
+// chain makes b's next commands decided on b's overlays, then on those of
+// ending, the batch before it (nil for none), whose transaction is ending
+// or committed and not applied yet: its states are not in the state cache.
+func (b *batch) chain(ending *batch) {
+	b.prev = map[*assigned][]*partBatch{}
+	if ending != nil {
+		b.prev = sharesOf(ending.parts)
+	}
+	for a, pbs := range sharesOf(b.parts) {
+		b.prev[a] = append(b.prev[a], pbs...)
 	}
 }
 
@@ -461,7 +481,8 @@ var buffered context.Context
 // the client buffered as that end was over, if b is not a full poll
 // (franz-go sends a partition's next fetch only once its last one was
 // polled, so that holds what came up to the last poll).
-// They are decided after b's own commands and on their results, so that a
+// They are decided after b's own commands and on their results, and on
+// those of committed, the batch before (not applied yet), so that a
 // command waits for one transaction, not two: the end of the transaction
 // before (≈ half the cycle, at 10k commands/s), and b's own. (Until the
 // tenth round, a batch that was not a full poll waited for that end to be
@@ -470,7 +491,7 @@ var buffered context.Context
 // during the end wait for one transaction more: p50 at 10k commands/s 3.1
 // → 4.0 ms.) A nil b, or one dropped by settle, is left to the loop's
 // next poll.
-func (w *Worker) topUp(ctx context.Context, b *batch) {
+func (w *Worker) topUp(ctx context.Context, committed, b *batch) {
 	if b == nil {
 		return
 	}
@@ -484,26 +505,28 @@ func (w *Worker) topUp(ctx context.Context, b *batch) {
 	}
 	w.observe(more)
 	b.fetches = mergeFetches(b.fetches, more)
-	b.prev = sharesOf(b.parts)
+	b.chain(committed)
 	b.decideFetches(ctx, more)
 }
 
 // settle waits for the end of ending's transaction. next, the batch
 // decided beside it (or nil) from the commands polled meanwhile, is
-// returned to go on with if ending committed; else it is dropped, since it
-// was decided on state that was never committed, and the commands of
-// ending and those polled beside it are polled again.
-func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, error) {
+// returned to go on with if ending committed, and ending with it, to be
+// applied (applyCommitted); else next is dropped, since it was decided on
+// state that was never committed, and the commands of ending and those
+// polled beside it are polled again.
+func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, *batch, error) {
 	<-ending.done
-	ending.release() // after next, which read its overlays, was decided
 	if ending.endErr != nil {
+		ending.release()
 		next.release()
-		return nil, ending.endErr
+		return nil, nil, ending.endErr
 	}
 	if !ending.committed {
+		ending.release()
 		w.rewind(ending.fetches, polled)
 		next.release()
-		return nil, nil
+		return nil, nil, nil
 	}
 	if next != nil && !next.owned() {
 		// A partition of next was revoked while it was decided, during
@@ -514,9 +537,26 @@ func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, error)
 		w.log.Info("dropping a batch decided beside a revoke")
 		w.rewind(polled)
 		next.release()
-		return nil, nil
+		return nil, ending, nil
 	}
-	return next, nil
+	return next, ending, nil
+}
+
+// applyCommitted applies b, a batch whose transaction committed (nil for
+// none), to the state cache and the store, wakes the readers waiting for
+// its versions, and gives its arenas back: after the batch decided on its
+// overlays has begun its transaction, so that applying it is not in the
+// cycle of transactions.
+func (w *Worker) applyCommitted(b *batch) error {
+	if b == nil {
+		return nil
+	}
+	defer b.release()
+	if err := b.apply(); err != nil {
+		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
+	}
+	w.wrote()
+	return nil
 }
 
 // owned reports whether every partition b decided is still the worker's,
@@ -685,9 +725,10 @@ func mergeFetches(a, b kgo.Fetches) kgo.Fetches {
 }
 
 // end ends b's transaction: it produces b's records and puts b's offsets in
-// the transaction, waits for both, and commits (or aborts) it; a committed
-// batch is then applied to the store. It runs beside the loop, which polls
-// and decides the next batch meanwhile; done is closed when it is over.
+// the transaction, waits for both, and commits (or aborts) it (the loop
+// applies a committed batch once the next has begun: applyCommitted). It
+// runs beside the loop, which polls and decides the next batch meanwhile;
+// done is closed when it is over.
 func (w *Worker) end(ctx context.Context, b *batch) {
 	defer close(b.done)
 	defer b.stopPoll()
@@ -726,10 +767,7 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 		w.log.Warn("aborting transaction", "reason", offsetsErr)
 	}
 	committed, revoked, err := w.sess.End(endCtx, try, offsetsErr)
-	// follow stops here: deciding beside the apply slows both (the tenth
-	// round's try of an apply beside the next batch: at 50k commands/s
-	// that fed itself), so what comes during the apply is topped up.
-	b.ended()
+	b.ended() // follow stops: the next batch is to begin
 	w.metrics.txnDuration.Observe(time.Since(began).Seconds())
 	switch {
 	case committed:
@@ -777,11 +815,6 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	b.committed = true
 	w.at(AfterCommit)
 	b.tallyCommitted(b.fetches.NumRecords())
-	if err := b.apply(); err != nil {
-		b.endErr = fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
-		return
-	}
-	w.wrote()
 }
 
 // rewind sets the session's position back to the first commands of
