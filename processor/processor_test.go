@@ -493,6 +493,42 @@ func TestLoadReadsTheNewestShare(t *testing.T) {
 	}
 }
 
+// The commands a batch adds after its first poll (follow, topUp) are
+// decided on its own overlays, then on those of the batch before it,
+// whose states are not in the state cache until it is applied.
+func TestChainReadsTheBatchBefore(t *testing.T) {
+	w, agg := offlineWorker(t, nil)
+	a := &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
+	state, err := agg.EncodeState(agg.Initial())
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := func(version int64) *partBatch {
+		pb := &partBatch{a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0)}
+		pb.overlay.Put("acc-1", statestore.Entry{Value: agg.Schemas().AppendSnapshot(nil, "acc-1", version, version, state, 0, nil)})
+		return pb
+	}
+	before := &batch{w: w, parts: []*partBatch{share(2)}}
+	for _, tc := range []struct {
+		own  []*partBatch
+		want int64
+	}{
+		{nil, 2},                    // only the batch before changed it
+		{[]*partBatch{share(3)}, 3}, // the batch's own change is newer
+	} {
+		b := &batch{w: w, parts: tc.own}
+		b.chain(before)
+		pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0), ar: w.arenas.get(), prev: b.prev[a]}
+		s, err := pb.load("acc-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.version != tc.want {
+			t.Errorf("with %d shares of its own, loaded version %d, want %d", len(tc.own), s.version, tc.want)
+		}
+	}
+}
+
 // shares keeps each aggregate's records in one share, in order, and splits
 // only what is worth it.
 func TestShares(t *testing.T) {

@@ -460,13 +460,10 @@ func (w *Worker) follow(ctx context.Context, ending, b *batch) *batch {
 }
 
 // chain makes b's next commands decided on b's overlays, then on those of
-// ending, the batch before it (nil for none), whose transaction is ending
-// or committed and not applied yet: its states are not in the state cache.
+// ending, the batch before it, whose transaction is ending or committed
+// and not applied yet: its states are not in the state cache.
 func (b *batch) chain(ending *batch) {
-	b.prev = map[*assigned][]*partBatch{}
-	if ending != nil {
-		b.prev = sharesOf(ending.parts)
-	}
+	b.prev = sharesOf(ending.parts)
 	for a, pbs := range sharesOf(b.parts) {
 		b.prev[a] = append(b.prev[a], pbs...)
 	}
