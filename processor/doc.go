@@ -42,9 +42,9 @@
 //     partitions were revoked or lost since the transaction began.
 //  5. Committed: once the next batch's transaction has begun (step 6),
 //     so that this is not in the cycle of transactions, the loop puts the
-//     overlays' snapshots in the state cache
-//     (copied), which writes them back to Pebble later, each aggregate once
-//     however many transactions changed it meanwhile: when it evicts them,
+//     overlays' snapshots in the state cache (copied), which writes them
+//     back to Pebble later, each aggregate once however many transactions
+//     changed it meanwhile: when it evicts them,
 //     or when the sweep that follows every committed batch passes them.
 //     Each partition's checkpoint (the changelog offset from which its
 //     changelog must be read again) moves on at the end of each round of
