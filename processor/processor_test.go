@@ -468,28 +468,41 @@ func TestMergeFetches(t *testing.T) {
 	}
 }
 
-// A batch topped up after the end before it (Worker.topUp) can hold an
-// aggregate in two shares of a partition, and the batch decided beside
-// its end must read the later one.
-func TestLoadReadsTheNewestShare(t *testing.T) {
+// acc1Shares returns an offline worker, an assignment of its partition 0,
+// a maker of shares whose overlays hold acc-1 at a version, and load, which
+// returns the version of acc-1 that a share of b deciding on prev reads.
+func acc1Shares(t *testing.T) (w *Worker, a *assigned, share func(version int64) *partBatch, load func(b *batch, prev []*partBatch) int64) {
+	t.Helper()
 	w, agg := offlineWorker(t, nil)
-	a := &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
+	a = &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
 	state, err := agg.EncodeState(agg.Initial())
 	if err != nil {
 		t.Fatal(err)
 	}
-	share := func(version int64) *partBatch {
+	share = func(version int64) *partBatch {
 		pb := &partBatch{a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0)}
 		pb.overlay.Put("acc-1", statestore.Entry{Value: agg.Schemas().AppendSnapshot(nil, "acc-1", version, version, state, 0, nil)})
 		return pb
 	}
-	pb := &partBatch{b: &batch{w: w}, a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0), ar: w.arenas.get(), prev: []*partBatch{share(1), share(2)}}
-	s, err := pb.load("acc-1")
-	if err != nil {
-		t.Fatal(err)
+	load = func(b *batch, prev []*partBatch) int64 {
+		t.Helper()
+		pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0), ar: w.arenas.get(), prev: prev}
+		s, err := pb.load("acc-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.version
 	}
-	if s.version != 2 {
-		t.Fatalf("loaded version %d of the previous batch's shares, want the newer: 2", s.version)
+	return w, a, share, load
+}
+
+// A batch topped up after the end before it (Worker.topUp) can hold an
+// aggregate in two shares of a partition, and the batch decided beside
+// its end must read the later one.
+func TestLoadReadsTheNewestShare(t *testing.T) {
+	w, _, share, load := acc1Shares(t)
+	if v := load(&batch{w: w}, []*partBatch{share(1), share(2)}); v != 2 {
+		t.Fatalf("loaded version %d of the previous batch's shares, want the newer: 2", v)
 	}
 }
 
@@ -497,17 +510,7 @@ func TestLoadReadsTheNewestShare(t *testing.T) {
 // decided on its own overlays, then on those of the batch before it,
 // whose states are not in the state cache until it is applied.
 func TestChainReadsTheBatchBefore(t *testing.T) {
-	w, agg := offlineWorker(t, nil)
-	a := &assigned{agg: agg, key: partitionKey{"commands", 0}, gen: assignments.Add(1), ids: newIDFilter(0)}
-	state, err := agg.EncodeState(agg.Initial())
-	if err != nil {
-		t.Fatal(err)
-	}
-	share := func(version int64) *partBatch {
-		pb := &partBatch{a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0)}
-		pb.overlay.Put("acc-1", statestore.Entry{Value: agg.Schemas().AppendSnapshot(nil, "acc-1", version, version, state, 0, nil)})
-		return pb
-	}
+	w, a, share, load := acc1Shares(t)
 	before := &batch{w: w, parts: []*partBatch{share(2)}}
 	for _, tc := range []struct {
 		own  []*partBatch
@@ -518,13 +521,8 @@ func TestChainReadsTheBatchBefore(t *testing.T) {
 	} {
 		b := &batch{w: w, parts: tc.own}
 		b.chain(before)
-		pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(agg.Name(), 0, 0), ar: w.arenas.get(), prev: b.prev[a]}
-		s, err := pb.load("acc-1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if s.version != tc.want {
-			t.Errorf("with %d shares of its own, loaded version %d, want %d", len(tc.own), s.version, tc.want)
+		if v := load(b, b.prev[a]); v != tc.want {
+			t.Errorf("with %d shares of its own, loaded version %d, want %d", len(tc.own), v, tc.want)
 		}
 	}
 }
