@@ -27,8 +27,9 @@ import (
 // new chunk (4% of the worker's CPU flat out). An arena that kept every
 // chunk up to its bound instead kept, after a worker caught up flat out,
 // ≈ 40 MiB of records and headers that every garbage collection scanned at
-// light load: 15–28 ms of marking at 10k commands/s, against 3–6 ms with
-// them let go, and a mark phase slows the commands decided meanwhile.
+// light load: in the bench at 10k commands/s, 12–15 ms of marking at each
+// collection, against 4 ms with them let go (cmd/decider/PERFORMANCE.md,
+// the seventeenth round); a mark phase slows the commands decided meanwhile.
 type arena struct {
 	recs     chunks[kgo.Record]
 	headers  chunks[kgo.RecordHeader]
