@@ -97,10 +97,9 @@ func (s *storeWrite) own(a *assigned) bool {
 		return ok && cur == a
 	}
 	if current() && !s.locked[a.key] {
-		lock := s.w.lock(a.key)
-		lock.Lock()
+		a.lock.Lock()
 		s.locked[a.key] = true
-		s.locks = append(s.locks, lock)
+		s.locks = append(s.locks, a.lock)
 	}
 	s.owned[a] = s.locked[a.key] && current()
 	return s.owned[a]

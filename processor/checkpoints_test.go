@@ -37,7 +37,8 @@ func checkpointsKeepThePrefix(t *testing.T, seed uint64) {
 	}
 	changelog := map[int32][]record{} // by partition, offset = index
 	assign := func(p int32) *assigned {
-		a := &assigned{agg: agg, key: partitionKey{"commands", p}, gen: assignments.Add(1), ids: newIDFilter(0)}
+		key := partitionKey{"commands", p}
+		a := &assigned{agg: agg, key: key, gen: assignments.Add(1), ids: newIDFilter(0), lock: w.lock(key)}
 		w.mu.Lock()
 		w.parts[a.key] = a
 		w.mu.Unlock()

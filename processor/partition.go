@@ -32,6 +32,7 @@ type assigned struct {
 	cancel context.CancelFunc
 	ready  chan struct{} // closed when the restore is done
 	ids    *idFilter     // of the ids the store holds for the partition; nil for none
+	lock   *sync.Mutex   // the partition's (Worker.lock), the same for each of its assignments
 
 	// committed is the changelog offset after the last snapshot that a
 	// batch of this assignment committed and applied; 0 before the
@@ -44,11 +45,12 @@ type assigned struct {
 func newAssigned(w *Worker, cl *kgo.Client, agg *topology.Aggregate, p int32) *assigned {
 	ctx, cancel := context.WithCancel(context.Background())
 	topics := w.cfg.App.Topics(agg)
+	key := partitionKey{topics.Commands, p}
 	return &assigned{
-		w: w, cl: cl, agg: agg, key: partitionKey{topics.Commands, p}, topics: topics,
+		w: w, cl: cl, agg: agg, key: key, topics: topics,
 		sourceValue: []byte(w.cfg.App.Source(agg)), ctx: ctx, cancel: cancel, ready: make(chan struct{}),
 		decideTime: w.metrics.decide.WithLabelValues(agg.Name()), gen: assignments.Add(1),
-		ids: newIDFilter(w.cfg.IDFilterBytes),
+		ids: newIDFilter(w.cfg.IDFilterBytes), lock: w.lock(key),
 	}
 }
 
@@ -77,7 +79,7 @@ func (a *assigned) fillIDs(log *slog.Logger) {
 // restore catches the partition's local state up with its changelog,
 // retrying with backoff until it succeeds or the partition is revoked.
 func (a *assigned) restore() {
-	lock := a.w.lock(a.key)
+	lock := a.lock
 	src := statestore.Changelog{Topic: a.topics.Snapshots, Kafka: a.w.cfg.Kafka, Progress: func(int) { a.w.at(MidRestore) }}
 	log := a.w.log.With("topic", a.topics.Snapshots, "partition", a.key.partition)
 	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {

@@ -935,11 +935,10 @@ func (w *Worker) partition(topic string, p int32) (*assigned, bool) {
 }
 
 // lock returns the mutex that serialises Pebble writes of a partition
-// across its assignments.
+// across its assignments; each assignment looks it up once (assigned.lock:
+// a lookup in the sync.Map for each partition of each batch's write hashed
+// its key as an interface).
 func (w *Worker) lock(k partitionKey) *sync.Mutex {
-	m, ok := w.locks.Load(k) // no new mutex for every batch's write (LoadOrStore's argument)
-	if !ok {
-		m, _ = w.locks.LoadOrStore(k, &sync.Mutex{})
-	}
+	m, _ := w.locks.LoadOrStore(k, new(sync.Mutex))
 	return m.(*sync.Mutex)
 }

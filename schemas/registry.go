@@ -49,12 +49,11 @@ type Registry struct {
 	// 1 KiB slab for the first string it reads, a fresh Writer grows its
 	// buffer from nothing, and on the hot path (a command, a snapshot and
 	// a reply per command) those allocations were a quarter of the CPU.
-	readers   sync.Pool // of *avro.Reader
-	writers   sync.Pool // of *avro.Writer
-	withBytes sync.Map  // avro.Schema → whether its values hold bytes (see readBody)
-	byName    map[string]*binding
-	byFP      map[uint64]avro.NamedSchema
-	byType    map[reflect.Type]*binding
+	readers sync.Pool // of *avro.Reader
+	writers sync.Pool // of *avro.Writer
+	byName  map[string]*binding
+	byFP    map[uint64]avro.NamedSchema
+	byType  map[reflect.Type]*binding
 }
 
 // binding is one Avro record name: its current schema, its Go type if bound,
@@ -62,11 +61,26 @@ type Registry struct {
 type binding struct {
 	name     string
 	schema   avro.NamedSchema
-	header   []byte // magic + fingerprint of schema
+	read     reading // schema, to read bodies written with it
+	header   []byte  // magic + fingerprint of schema
 	fp       uint64
 	goType   reflect.Type
-	decode   func(schema avro.Schema, body []byte) (any, error)
-	resolved map[uint64]avro.Schema // writer fingerprint → schema to read it with
+	decode   func(rd reading, body []byte) (any, error)
+	resolved map[uint64]reading // writer fingerprint → how to read it
+}
+
+// reading is a schema to read bodies with (a record's current schema, or
+// its resolution from an earlier writer schema), and whether its values
+// hold bytes (see readBody), found when the schema is added: looked up
+// for each body in a sync.Map keyed by the schema, it hashed an interface
+// for every command, state and reply read.
+type reading struct {
+	schema    avro.Schema
+	withBytes bool
+}
+
+func readingOf(s avro.Schema) reading {
+	return reading{schema: s, withBytes: hasBytes(s, map[string]bool{})}
 }
 
 // maxArrayItems bounds the items of one decoded array. The decoder allocates
@@ -139,6 +153,7 @@ func (r *Registry) Add(schemaJSON string) error {
 		r.byName[b.name] = b
 	}
 	b.schema = named
+	b.read = readingOf(named)
 	b.fp = key
 	b.header = append(slices.Clip(soe.Magic), fp...)
 	b.resolved = resolved
@@ -181,8 +196,8 @@ func (r *Registry) AddFS(fsys fs.FS, dir string) error {
 
 // resolve computes, for every known writer schema of reader's name but the
 // one with fingerprint fp, the schema that reads it into reader.
-func (r *Registry) resolve(reader avro.NamedSchema, fp uint64) (map[uint64]avro.Schema, error) {
-	resolved := map[uint64]avro.Schema{}
+func (r *Registry) resolve(reader avro.NamedSchema, fp uint64) (map[uint64]reading, error) {
+	resolved := map[uint64]reading{}
 	sc := avro.NewSchemaCompatibility()
 	for wfp, w := range r.byFP {
 		if w.FullName() != reader.FullName() || wfp == fp {
@@ -192,7 +207,7 @@ func (r *Registry) resolve(reader avro.NamedSchema, fp uint64) (map[uint64]avro.
 		if err != nil {
 			return nil, fmt.Errorf("schema %s: an earlier version (fingerprint %016x) cannot be read by the current one: %w", reader.FullName(), wfp, err)
 		}
-		resolved[wfp] = res
+		resolved[wfp] = readingOf(res)
 	}
 	return resolved, nil
 }
@@ -216,9 +231,9 @@ func Bind[T any](r *Registry, name string) error {
 		return fmt.Errorf("bind %s to %s: %w", t, name, err)
 	}
 	b.goType = t
-	b.decode = func(s avro.Schema, body []byte) (any, error) {
+	b.decode = func(rd reading, body []byte) (any, error) {
 		var v T
-		err := r.readBody(s, body, &v)
+		err := r.readBody(rd, body, &v)
 		return v, err
 	}
 	r.byType[t] = b
@@ -289,11 +304,11 @@ func (r *Registry) Decode(name string, data []byte) (any, error) {
 	if b == nil || b.decode == nil {
 		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
 	}
-	schema, body, err := r.writerSchema(b, data)
+	rd, body, err := r.writerSchema(b, data)
 	if err != nil {
 		return nil, err
 	}
-	v, err := b.decode(schema, body)
+	v, err := b.decode(rd, body)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
 	}
@@ -311,12 +326,12 @@ func (r *Registry) DecodeJSON(name string, data []byte) ([]byte, error) {
 	if b == nil {
 		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
 	}
-	schema, body, err := r.writerSchema(b, data)
+	rd, body, err := r.writerSchema(b, data)
 	if err != nil {
 		return nil, err
 	}
 	var v any
-	if err := r.readBody(schema, body, &v); err != nil {
+	if err := r.readBody(rd, body, &v); err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
 	}
 	out, err := json.Marshal(bytesToJSON(v))
@@ -326,22 +341,22 @@ func (r *Registry) DecodeJSON(name string, data []byte) ([]byte, error) {
 	return out, nil
 }
 
-// writerSchema returns the schema to read data's body with, as the record
-// of b: b's own schema or its resolution from the writer schema data names.
-func (r *Registry) writerSchema(b *binding, data []byte) (avro.Schema, []byte, error) {
+// writerSchema returns how to read data's body, as the record of b: with
+// b's own schema or its resolution from the writer schema data names.
+func (r *Registry) writerSchema(b *binding, data []byte) (reading, []byte, error) {
 	fp, body, err := splitHeader(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("decode %s: %w", b.name, err)
+		return reading{}, nil, fmt.Errorf("decode %s: %w", b.name, err)
 	}
 	if fp == b.fp {
-		return b.schema, body, checked(b, b.schema, body)
+		return b.read, body, checked(b, b.schema, body)
 	}
 	res, ok := b.resolved[fp]
 	if !ok {
 		if w, known := r.byFP[fp]; known {
-			return nil, nil, fmt.Errorf("decode %s: %w: payload was written as %s", b.name, ErrUnknownSchema, w.FullName())
+			return reading{}, nil, fmt.Errorf("decode %s: %w: payload was written as %s", b.name, ErrUnknownSchema, w.FullName())
 		}
-		return nil, nil, fmt.Errorf("decode %s: %w %016x", b.name, ErrUnknownSchema, fp)
+		return reading{}, nil, fmt.Errorf("decode %s: %w %016x", b.name, ErrUnknownSchema, fp)
 	}
 	return res, body, checked(b, r.byFP[fp], body)
 }
@@ -354,18 +369,14 @@ func checked(b *binding, writer avro.Schema, body []byte) error {
 	return nil
 }
 
-// readBody reads body, all of it, as one value of schema s into v.
+// readBody reads body, all of it, as one value of how's schema into v.
 //
 // A pooled reader hands out the rest of its string slab to later decodes;
 // strings cannot be written, but a bytes value could be appended to over
 // another decode's strings, so a schema with bytes gets a reader of its own.
-func (r *Registry) readBody(s avro.Schema, body []byte, v any) error {
-	withBytes, known := r.withBytes.Load(s)
-	if !known {
-		withBytes, _ = r.withBytes.LoadOrStore(s, hasBytes(s, map[string]bool{}))
-	}
+func (r *Registry) readBody(how reading, body []byte, v any) error {
 	var rd *avro.Reader
-	if withBytes.(bool) {
+	if how.withBytes {
 		rd = avro.NewReader(nil, 0, avro.WithReaderConfig(r.api))
 	} else {
 		if rd, _ = r.readers.Get().(*avro.Reader); rd == nil {
@@ -378,7 +389,7 @@ func (r *Registry) readBody(s avro.Schema, body []byte, v any) error {
 	}
 	rd.Error = nil
 	rd.Reset(body)
-	rd.ReadVal(s, v)
+	rd.ReadVal(how.schema, v)
 	if rd.Error != nil { // io.EOF included: the body is truncated
 		return rd.Error
 	}
