@@ -540,15 +540,19 @@ func (w *Worker) settle(ending, next *batch, polled kgo.Fetches) (*batch, *batch
 }
 
 // applyCommitted applies b, a batch whose transaction committed (nil for
-// none), to the state cache and the store, wakes the readers waiting for
-// its versions, and gives its arenas back: after the batch decided on its
-// overlays has begun its transaction, so that applying it is not in the
-// cycle of transactions.
+// none): it adds what b did to the metrics, applies b to the state cache
+// and the store, wakes the readers waiting for its versions, and gives its
+// arenas back. The loop calls it once the batch decided on b's overlays
+// has begun its transaction, so that none of this is in the cycle of
+// transactions. (Until the seventeenth round the metrics were tallied as
+// the transaction ended, in the cycle: 15 µs a transaction at 10k
+// commands/s.)
 func (w *Worker) applyCommitted(b *batch) error {
 	if b == nil {
 		return nil
 	}
 	defer b.release()
+	b.tallyCommitted(b.fetches.NumRecords())
 	if err := b.apply(); err != nil {
 		return fmt.Errorf("state store write after commit (restart restores it from the changelog): %w", err)
 	}
@@ -811,7 +815,6 @@ func (w *Worker) end(ctx context.Context, b *batch) {
 	}
 	b.committed = true
 	w.at(AfterCommit)
-	b.tallyCommitted(b.fetches.NumRecords())
 }
 
 // rewind sets the session's position back to the first commands of
