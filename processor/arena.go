@@ -35,7 +35,7 @@ type arena struct {
 	headers  chunks[kgo.RecordHeader]
 	bytes    chunks[byte]
 	outs     []output // the records to produce, in order, once the transaction begins
-	outsPeak peak
+	outsPeak peak     // of len(outs)
 }
 
 // output is a record decided in a batch, and its promise.
