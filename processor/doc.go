@@ -41,11 +41,12 @@
 //  4. End: EndTxn, a commit unless a record or the offsets failed or
 //     partitions were revoked or lost since the transaction began.
 //  5. Committed: once the next batch's transaction has begun (step 6),
-//     so that this is not in the cycle of transactions, the loop puts the
-//     overlays' snapshots in the state cache (copied), which writes them
-//     back to Pebble later, each aggregate once however many transactions
-//     changed it meanwhile: when it evicts them,
-//     or when the sweep that follows every committed batch passes them.
+//     so that this is not in the cycle of transactions (at once when no
+//     command came meanwhile), the loop puts the overlays' snapshots in
+//     the state cache (copied), which writes them back to Pebble later,
+//     each aggregate once however many transactions changed it meanwhile:
+//     when it evicts them, or when the sweep that follows every committed
+//     batch passes them.
 //     Each partition's checkpoint (the changelog offset from which its
 //     changelog must be read again) moves on at the end of each round of
 //     the sweep (checkpoints.go tells why the store stays a prefix of the

@@ -61,11 +61,11 @@ type Registry struct {
 type binding struct {
 	name     string
 	schema   avro.NamedSchema
-	read     reading // schema, to read bodies written with it
-	header   []byte  // magic + fingerprint of schema
+	bytes    bool   // whether values of schema hold bytes (see readBody)
+	header   []byte // magic + fingerprint of schema
 	fp       uint64
 	goType   reflect.Type
-	decode   func(rd reading, body []byte) (any, error)
+	decode   func(how reading, body []byte) (any, error)
 	resolved map[uint64]reading // writer fingerprint → how to read it
 }
 
@@ -153,7 +153,7 @@ func (r *Registry) Add(schemaJSON string) error {
 		r.byName[b.name] = b
 	}
 	b.schema = named
-	b.read = readingOf(named)
+	b.bytes = hasBytes(named, map[string]bool{})
 	b.fp = key
 	b.header = append(slices.Clip(soe.Magic), fp...)
 	b.resolved = resolved
@@ -231,9 +231,9 @@ func Bind[T any](r *Registry, name string) error {
 		return fmt.Errorf("bind %s to %s: %w", t, name, err)
 	}
 	b.goType = t
-	b.decode = func(rd reading, body []byte) (any, error) {
+	b.decode = func(how reading, body []byte) (any, error) {
 		var v T
-		err := r.readBody(rd, body, &v)
+		err := r.readBody(how, body, &v)
 		return v, err
 	}
 	r.byType[t] = b
@@ -304,11 +304,11 @@ func (r *Registry) Decode(name string, data []byte) (any, error) {
 	if b == nil || b.decode == nil {
 		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
 	}
-	rd, body, err := r.writerSchema(b, data)
+	how, body, err := r.writerSchema(b, data)
 	if err != nil {
 		return nil, err
 	}
-	v, err := b.decode(rd, body)
+	v, err := b.decode(how, body)
 	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
 	}
@@ -326,12 +326,12 @@ func (r *Registry) DecodeJSON(name string, data []byte) ([]byte, error) {
 	if b == nil {
 		return nil, fmt.Errorf("decode %q: %w", name, ErrUnknownType)
 	}
-	rd, body, err := r.writerSchema(b, data)
+	how, body, err := r.writerSchema(b, data)
 	if err != nil {
 		return nil, err
 	}
 	var v any
-	if err := r.readBody(rd, body, &v); err != nil {
+	if err := r.readBody(how, body, &v); err != nil {
 		return nil, fmt.Errorf("decode %s: %w: %w", name, ErrBody, err)
 	}
 	out, err := json.Marshal(bytesToJSON(v))
@@ -349,7 +349,7 @@ func (r *Registry) writerSchema(b *binding, data []byte) (reading, []byte, error
 		return reading{}, nil, fmt.Errorf("decode %s: %w", b.name, err)
 	}
 	if fp == b.fp {
-		return b.read, body, checked(b, b.schema, body)
+		return reading{b.schema, b.bytes}, body, checked(b, b.schema, body)
 	}
 	res, ok := b.resolved[fp]
 	if !ok {
