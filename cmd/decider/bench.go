@@ -13,16 +13,13 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/deciderhq/decider/examples/accounts"
-	"github.com/deciderhq/decider/processor"
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
 	"github.com/deciderhq/decider/topology"
@@ -53,8 +50,15 @@ prints every figure next to its ratio to the reference's:
     stopped after its flat-out run and started for each turn.
  3. restore: --restore-aggregates snapshots in the changelog are restored
     into an empty store, every partition in parallel as a worker does.
- 4. peak RSS of this process in each flat-out run and in the restore
-    (VmHWM, reset between them), and the state store's size on disk.
+ 4. peak RSS of each system's process in its flat-out run and of this
+    process in the restore (VmHWM), and the state store's size on disk.
+
+Each system runs in a "decider bench-system" child process of its own by
+default, started for its runs and stopped after them, as a worker runs
+apart from its callers: it shares neither memory nor garbage collector
+with the other system or with the sender and reader that measure it, and
+its CPU time and peak RSS are its process's. --systems embedded runs them
+in this process instead.
 
 The broker is a "decider broker" child process by default (it does not
 share this process's memory and garbage collector with what is measured),
@@ -77,10 +81,12 @@ var quickFlags = map[string]string{
 // bench is one run of `decider bench`.
 type bench struct {
 	kafka      []kgo.Opt
+	seeds      []string // of kafka
 	adm        *kadm.Client
 	run        string // names the run's apps: bench-<run>-decider, …
 	dir        string // temp dir of the state stores
 	stateDir   string // of the decider worker's, kept across its restarts
+	children   bool   // each system runs in a child process (--systems process)
 	partitions int32
 	commands   int
 	accounts   int
@@ -98,6 +104,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := newFlags("bench")
 	brokers := fs.String("brokers", "", "seed brokers of a cluster to measure on (default: start a broker, see --broker)")
 	brokerKind := fs.String("broker", "process", `broker to start without --brokers: "process" (a decider broker child process) or "embedded" (in this process)`)
+	systems := fs.String("systems", "process", `where the systems measured run: "process" (each in a decider bench-system child process, apart from the sender and reader that measure it) or "embedded" (in this process)`)
 	partitions := fs.Int("partitions", int(topology.DefaultPartitions), "partitions of the commands topics")
 	commands := fs.Int("commands", 0, "commands preloaded for the flat-out run: the first --accounts open them, the others are deposits and withdrawals (default 1500000, or --accounts if more: the reference loop gets faster for the first million or so, and a shorter run compares decider with its warm-up)")
 	accts := fs.Int("accounts", 100000, "accounts the commands go to (the first --accounts commands open them)")
@@ -132,7 +139,10 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 	b := &bench{
 		partitions: int32(*partitions), commands: *commands, accounts: *accts, duration: *duration,
 		rounds: *rounds, restoreN: *restoreN, cpuprofile: *cpuprofile, progress: os.Stderr,
-		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		log: benchLogger(), children: *systems == "process",
+	}
+	if *systems != "process" && *systems != "embedded" {
+		return fmt.Errorf(`--systems %q: want "process" or "embedded"`, *systems)
 	}
 	for _, s := range strings.Split(*loads, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -170,7 +180,7 @@ func runBench(ctx context.Context, args []string, stdout io.Writer) error {
 			return err
 		}
 	}
-	b.kafka = []kgo.Opt{kgo.SeedBrokers(seeds...)}
+	b.seeds, b.kafka = seeds, []kgo.Opt{kgo.SeedBrokers(seeds...)}
 	err = b.measureAll(ctx, &res, len(*brokers) > 0)
 	peak, serr := stopBroker()
 	if err = errors.Join(err, serr); err != nil {
@@ -211,8 +221,11 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 	// take turns ABBA…, decider first: what its flat-out run left to do
 	// (Pebble's flushes and compactions) falls in its own round.
 	systems := []*benchSystem{
-		{name: "reference", run: b.runReference, out: &res.Reference},
-		{name: "decider", run: b.runDecider, out: &res.Decider, keep: true},
+		{name: "reference", out: &res.Reference},
+		{name: "decider", out: &res.Decider, keep: true},
+	}
+	if b.stateDir, err = os.MkdirTemp(b.dir, "state-"); err != nil {
+		return err
 	}
 	for _, s := range systems {
 		if s.app, err = b.app(ctx, s.name, agg); err != nil {
@@ -254,7 +267,6 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 			}
 			s.stop = nil
 		}
-		s.out.DiskBytes = s.disk
 		for j, load := range b.loads {
 			l := summarize(load, s.runs[j])
 			b.say("%s: at %d/s: p50 %.2fms p99 %.2fms p999 %.2fms (%d of %d answered)", s.name, load, l.P50ms, l.P99ms, l.P999ms, l.Replies, l.Sent)
@@ -262,6 +274,9 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 		}
 	}
 	ref, dec := systems[0], systems[1]
+	if dec.out.DiskBytes, err = dirSize(b.stateDir); err != nil {
+		return err
+	}
 	for j := range b.loads {
 		lo, hi := ratioInterval(dec.runs[j].blocks, ref.runs[j].blocks, 0.99)
 		res.P99RatioInterval = append(res.P99RatioInterval, [2]float64{lo, hi})
@@ -270,19 +285,39 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 	return err
 }
 
-// benchSystem is one of the systems measured, and its state in the run.
+// benchSystem is one of the systems measured ("decider" or "reference",
+// see runSystem), and its state in the run.
 type benchSystem struct {
 	name string
-	run  func(ctx context.Context, app *topology.App) (int64, error) // until ctx ends; the state store's size
 	out  *systemResult
 	keep bool // up from its flat-out run to the end of the latency rounds
 
 	app     *topology.App
 	waitCtx context.Context // ends when the running system stops
 	stop    func() error    // of the running system; nil when it is not running
-	disk    int64           // what its last run returned
+	child   *systemProcess  // the process it runs in; nil for this one
+	cpuBase time.Duration   // its process's CPU time when it started
 	next    int             // the next command of its latency workload
 	runs    []latencyRun    // by load
+}
+
+// cpu returns the CPU time s's process used since s started: its own
+// process's, or this one's, which then includes the sender's and the
+// reader's.
+func (s *benchSystem) cpu() time.Duration {
+	pid := 0
+	if s.child != nil {
+		pid = s.child.cmd.Process.Pid
+	}
+	return cpuTime(pid) - s.cpuBase
+}
+
+// pid returns the pid of s's process.
+func (s *benchSystem) pid() int {
+	if s.child != nil {
+		return s.child.cmd.Process.Pid
+	}
+	return os.Getpid()
 }
 
 // app creates the topics of the run's app for system name.
@@ -329,50 +364,35 @@ type systemResult struct {
 	Latency  []latency `json:"latency"`
 	PeakRSS  int64     `json:"peak_rss_bytes"`
 	// CPU time per command of the flat-out run, start to end, in µs: of
-	// this process (the system measured; nothing else runs in it then), and
-	// of the broker child process (0 for another broker).
+	// the system's process (with --systems embedded, this one, in which
+	// nothing else runs then), and of the broker child process (0 for
+	// another broker).
 	CPUus       float64 `json:"cpu_us_per_command"`
 	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
 	DiskBytes   int64   `json:"disk_bytes"` // the state store's files after the run
 }
 
-// start runs s until s.stop is called, which returns what its run
-// returned; s.waitCtx ends when it stops, by itself too.
-func (b *bench) start(ctx context.Context, s *benchSystem) {
-	runCtx, cancel := context.WithCancel(ctx)
-	waitCtx, running := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		defer running()
-		n, err := s.run(runCtx, s.app)
-		s.disk = n
-		done <- err
-	}()
-	s.waitCtx, s.stop = waitCtx, sync.OnceValue(func() error {
-		cancel()
-		return <-done
-	})
-}
-
 // flatOut runs s over its preloaded commands as fast as it goes, and stops
 // it unless it is kept. The CPU profile, if asked for, covers the run, and
-// the peak RSS is this run's.
+// the peak RSS and CPU time are its process's over this run.
 func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggregate) error {
 	res := s.out
 	resetPeakRSS()
-	stopProfile, err := b.profile(s.name)
-	if err != nil {
+	b.say("%s: flat out", s.name)
+	began, brokerBegan := time.Now(), cpuTime(b.brokerPID)
+	if err := b.start(ctx, s); err != nil {
 		return err
 	}
-	defer stopProfile()
-	b.say("%s: flat out", s.name)
-	began, cpuBegan, brokerBegan := time.Now(), cpuTime(0), cpuTime(b.brokerPID)
-	b.start(ctx, s)
 	fail := func(err error) error {
 		err = errors.Join(err, s.stop())
 		s.stop = nil
 		return err
 	}
+	stopProfile, err := b.profile(s, s.name)
+	if err != nil {
+		return fail(err)
+	}
+	defer stopProfile()
 	// The clock starts once the group has handed out every partition:
 	// from then on each system fetches, decides and commits. (Starting it
 	// at the first poll would not count what the client did to return
@@ -388,14 +408,14 @@ func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggre
 		return fail(err)
 	}
 	stopProfile()
-	res.CPUus = float64((cpuTime(0) - cpuBegan).Microseconds()) / float64(b.commands)
+	res.CPUus = float64(s.cpu().Microseconds()) / float64(b.commands)
 	if b.brokerPID != 0 {
 		res.BrokerCPUus = float64((cpuTime(b.brokerPID) - brokerBegan).Microseconds()) / float64(b.commands)
 	}
 	res.StartupS, res.FlatOutS = start.Sub(began).Seconds(), end.Sub(start).Seconds()
 	res.PerS = float64(b.commands) / res.FlatOutS
 	b.say("%s: %.0f commands/s (startup %.2fs)", s.name, res.PerS, res.StartupS)
-	res.PeakRSS = peakRSS(os.Getpid())
+	res.PeakRSS = peakRSS(s.pid())
 	if s.keep {
 		return nil
 	}
@@ -409,7 +429,9 @@ func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggre
 // started for the round, and stopped after it.
 func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round int) (err error) {
 	if s.stop == nil {
-		b.start(ctx, s)
+		if err := b.start(ctx, s); err != nil {
+			return err
+		}
 		defer func() {
 			err = errors.Join(err, s.stop())
 			s.stop = nil
@@ -427,16 +449,19 @@ func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.
 	}
 	b.say("%s: round %d of %d", s.name, round+1, b.rounds)
 	if round == 0 {
-		stopProfile, err := b.profile(s.name + "-latency")
+		stopProfile, err := b.profile(s, s.name+"-latency")
 		if err != nil {
 			return err
 		}
 		defer stopProfile()
 	}
 	for i, load := range b.loads {
-		cpuBegan, brokerBegan := cpuTime(0), cpuTime(b.brokerPID)
+		cpuBegan, callerBegan, brokerBegan := s.cpu(), cpuTime(0), cpuTime(b.brokerPID)
 		r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
-		r.cpu, r.brokerCPU = cpuTime(0)-cpuBegan, cpuTime(b.brokerPID)-brokerBegan
+		r.cpu, r.brokerCPU = s.cpu()-cpuBegan, cpuTime(b.brokerPID)-brokerBegan
+		if s.child != nil {
+			r.callerCPU = cpuTime(0) - callerBegan
+		}
 		s.next += r.sent
 		if err != nil {
 			return fmt.Errorf("latency at %d/s: %w", load, err)
@@ -444,65 +469,6 @@ func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.
 		s.runs[i].add(r)
 	}
 	return nil
-}
-
-// profile starts the CPU profile of system name's flat-out run, if asked
-// for; the returned stop may be called more than once.
-func (b *bench) profile(name string) (stop func(), err error) {
-	if b.cpuprofile == "" {
-		return func() {}, nil
-	}
-	f, err := os.Create(b.cpuprofile + "." + name + ".pprof")
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cpu profile: %w", err)
-	}
-	var stopped atomic.Bool
-	return func() {
-		if stopped.CompareAndSwap(false, true) {
-			pprof.StopCPUProfile()
-			if err := f.Close(); err != nil {
-				b.log.Warn("cpu profile", "err", err)
-			}
-		}
-	}, nil
-}
-
-// runDecider runs a decider worker of app until ctx ends, and returns its
-// state store's size on disk. The store is in a temp dir made at the first
-// run and kept for the next: a restarted worker goes on from it.
-func (b *bench) runDecider(ctx context.Context, app *topology.App) (int64, error) {
-	if b.stateDir == "" {
-		dir, err := os.MkdirTemp(b.dir, "state-")
-		if err != nil {
-			return 0, err
-		}
-		b.stateDir = dir
-	}
-	dir := b.stateDir
-	store, err := statestore.Open(dir, nil)
-	if err != nil {
-		return 0, err
-	}
-	w, err := processor.New(processor.Config{
-		App: app, Store: store, Kafka: b.kafka, InstanceID: "bench", Logger: b.log,
-	})
-	if err == nil {
-		err = w.Run(ctx)
-	}
-	if cerr := store.Close(); cerr != nil {
-		err = errors.Join(err, fmt.Errorf("close state store: %w", cerr))
-	}
-	size, serr := dirSize(dir)
-	return size, errors.Join(err, serr)
-}
-
-// runReference runs the reference loop over app's topics until ctx ends.
-func (b *bench) runReference(ctx context.Context, app *topology.App) (int64, error) {
-	return 0, runReference(ctx, b.kafka, app, "bench", 10000)
 }
 
 // benchStateLogBytes keeps the bench's broker from rewriting its log of
@@ -611,7 +577,7 @@ func (b *bench) measureRestore(ctx context.Context, agg *topology.Aggregate) (re
 		return res, err
 	}
 	resetPeakRSS()
-	stopProfile, err := b.profile("restore")
+	stopProfile, err := b.profile(nil, "restore")
 	if err != nil {
 		return res, err
 	}

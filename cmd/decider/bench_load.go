@@ -177,11 +177,13 @@ type latency struct {
 	P50ms    float64 `json:"p50_ms"`
 	P99ms    float64 `json:"p99_ms"`
 	P999ms   float64 `json:"p999_ms"`
-	// CPU time per command sent of this process (the system measured, the
-	// sender and the reader of the replies) and of a broker child process
-	// (0 for others). On a machine shared with the broker, it is what
-	// a system's cycle competes with the broker for.
+	// CPU time per command sent of the system's process, of the callers
+	// (this process: the sender and the reader of the replies; with
+	// --systems embedded, in CPUus and 0 here) and of a broker child
+	// process (0 for others). On a machine shared with the broker, what
+	// a system's cycle competes with the broker and the callers for.
 	CPUus       float64 `json:"cpu_us_per_command"`
+	CallerCPUus float64 `json:"caller_cpu_us_per_command"`
 	BrokerCPUus float64 `json:"broker_cpu_us_per_command"`
 	// The p99 of each round's run alone: the pooled P99ms is often one
 	// round's slow moment of the shared machine, which this shows.
@@ -287,12 +289,13 @@ func measureLatency(ctx context.Context, kafka []kgo.Opt, w *workload, first, ra
 type latencyRun struct {
 	sent    int
 	sentFor time.Duration // from the first command handed to the producer to the last
-	// CPU time this process and the broker process used over the run (set
-	// by its caller, which knows the broker), replies drained included.
-	cpu, brokerCPU time.Duration
-	lats           []time.Duration // of the commands answered, in the order read
-	blocks         []*histogram    // of lats, by the second of its run each command was sent in
-	roundP99       []time.Duration // of each run added, in order
+	// CPU time the system's process, this one (when apart) and the broker
+	// process used over the run (set by its caller, which knows them),
+	// replies drained included.
+	cpu, callerCPU, brokerCPU time.Duration
+	lats                      []time.Duration // of the commands answered, in the order read
+	blocks                    []*histogram    // of lats, by the second of its run each command was sent in
+	roundP99                  []time.Duration // of each run added, in order
 }
 
 // add adds the commands of r to l.
@@ -300,6 +303,7 @@ func (l *latencyRun) add(r latencyRun) {
 	l.sent += r.sent
 	l.sentFor += r.sentFor
 	l.cpu += r.cpu
+	l.callerCPU += r.callerCPU
 	l.brokerCPU += r.brokerCPU
 	l.roundP99 = append(l.roundP99, quantile(slices.Sorted(slices.Values(r.lats)), 0.99))
 	l.lats = append(l.lats, r.lats...)
@@ -314,6 +318,7 @@ func summarize(load int, l latencyRun) latency {
 	}
 	if l.sent > 0 {
 		res.CPUus = float64(l.cpu.Microseconds()) / float64(l.sent)
+		res.CallerCPUus = float64(l.callerCPU.Microseconds()) / float64(l.sent)
 		res.BrokerCPUus = float64(l.brokerCPU.Microseconds()) / float64(l.sent)
 	}
 	if len(l.lats) == 0 {

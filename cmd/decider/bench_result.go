@@ -170,6 +170,9 @@ func (r *benchResult) table(w io.Writer) {
 		row(fmt.Sprintf("sent at %d/s, per s", l.Offered), l.Achieved, rl.Achieved, "%.0f")
 		row(fmt.Sprintf("unanswered at %d/s", l.Offered), float64(l.Sent-l.Replies), float64(rl.Sent-rl.Replies), "%.0f")
 		row(fmt.Sprintf("CPU per command at %d/s, µs", l.Offered), l.CPUus, rl.CPUus, "%.1f")
+		if l.CallerCPUus > 0 {
+			row(fmt.Sprintf("callers' CPU at %d/s, µs", l.Offered), l.CallerCPUus, rl.CallerCPUus, "%.1f")
+		}
 		if l.BrokerCPUus > 0 {
 			row(fmt.Sprintf("broker CPU at %d/s, µs", l.Offered), l.BrokerCPUus, rl.BrokerCPUus, "%.1f")
 		}

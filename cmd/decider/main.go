@@ -34,17 +34,18 @@ type command struct {
 // commands returns the subcommands by name.
 func commands() map[string]command {
 	return map[string]command{
-		"dev":     {"embedded broker + worker of the example app, zero setup", devUsage, runDev},
-		"run":     {"a worker of app bank against a Kafka cluster", runUsage, runWorker},
-		"send":    {"send one command and print its reply", sendUsage, runSend},
-		"broker":  {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
-		"verify":  {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
-		"topics":  {"create, describe or verify an app's topics", topicsUsage, runTopics},
-		"tail":    {"print the records of one of an app's topics as JSON lines", tailUsage, runTail},
-		"inspect": {"print an aggregate's latest snapshot (and a local store's copy)", inspectUsage, runInspect},
-		"rebuild": {"rebuild the snapshots from the events (after a fix in Evolve)", rebuildUsage, runRebuild},
-		"reset":   {"move the consumer group's offsets on the commands topics", resetUsage, runReset},
-		"bench":   {"measure decider against the bare transaction loop on one broker", benchUsage, runBench},
+		"dev":          {"embedded broker + worker of the example app, zero setup", devUsage, runDev},
+		"run":          {"a worker of app bank against a Kafka cluster", runUsage, runWorker},
+		"send":         {"send one command and print its reply", sendUsage, runSend},
+		"broker":       {"the embedded Kafka-compatible broker alone", brokerUsage, runBroker},
+		"verify":       {"check the exactly-once invariants over an app's topics", verifyUsage, runVerify},
+		"topics":       {"create, describe or verify an app's topics", topicsUsage, runTopics},
+		"tail":         {"print the records of one of an app's topics as JSON lines", tailUsage, runTail},
+		"inspect":      {"print an aggregate's latest snapshot (and a local store's copy)", inspectUsage, runInspect},
+		"rebuild":      {"rebuild the snapshots from the events (after a fix in Evolve)", rebuildUsage, runRebuild},
+		"reset":        {"move the consumer group's offsets on the commands topics", resetUsage, runReset},
+		"bench":        {"measure decider against the bare transaction loop on one broker", benchUsage, runBench},
+		"bench-system": {"one system that bench measures, as its child process", benchSystemUsage, runBenchSystem},
 	}
 }
 
@@ -100,7 +101,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nUsage: decider <command> [flags]   (decider <command> --help for its flags)")
 	cmds := commands()
 	for _, n := range slices.Sorted(maps.Keys(cmds)) {
-		fmt.Fprintf(w, "  %-8s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-12s %s\n", n, cmds[n].summary)
 	}
 }
 
