@@ -296,7 +296,7 @@ type benchSystem struct {
 	waitCtx context.Context // ends when the running system stops
 	stop    func() error    // of the running system; nil when it is not running
 	child   *systemProcess  // the process it runs in; nil for this one
-	cpuBase time.Duration   // its process's CPU time when it started
+	cpuBase time.Duration   // this process's CPU time when s started in it
 	next    int             // the next command of its latency workload
 	runs    []latencyRun    // by load
 }
@@ -305,11 +305,10 @@ type benchSystem struct {
 // process's, or this one's, which then includes the sender's and the
 // reader's.
 func (s *benchSystem) cpu() time.Duration {
-	pid := 0
 	if s.child != nil {
-		pid = s.child.cmd.Process.Pid
+		return cpuTime(s.pid())
 	}
-	return cpuTime(pid) - s.cpuBase
+	return cpuTime(0) - s.cpuBase
 }
 
 // pid returns the pid of s's process.

@@ -181,7 +181,7 @@ func (b *bench) start(ctx context.Context, s *benchSystem) error {
 		defer running()
 		done <- child.cmd.Wait()
 	}()
-	s.child, s.waitCtx, s.cpuBase = child, waitCtx, 0
+	s.child, s.waitCtx = child, waitCtx
 	s.stop = sync.OnceValue(func() error {
 		child.orders.Close() // it stops once its standard input ends
 		defer child.answers.Close()
