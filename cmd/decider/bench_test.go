@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // bench --quick --json runs every phase against a broker in the test
@@ -35,7 +36,9 @@ func TestBenchSystemsInProcesses(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	prefix := filepath.Join(dir, "p")
-	cmd := exec.Command(bin, "bench", "--quick", "--json", "--broker", "embedded", "--cpuprofile", prefix)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "bench", "--quick", "--json", "--broker", "embedded", "--cpuprofile", prefix)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
