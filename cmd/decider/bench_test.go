@@ -53,6 +53,32 @@ func TestBenchSystemsInProcesses(t *testing.T) {
 	}
 }
 
+// The bench's broker keeps its log in the directory given, else in RAM
+// where the machine has a /dev/shm with room for it, else beside the state
+// store in the bench's own directory; a directory that is not there is an
+// error.
+func TestBenchBrokerDir(t *testing.T) {
+	given, fallback := t.TempDir(), t.TempDir()
+	dir, err := benchBrokerDir(given, fallback, 1<<20)
+	if err != nil || filepath.Dir(dir) != given {
+		t.Errorf("with --broker-dir %s: %q, %v", given, dir, err)
+	}
+	dir, err = benchBrokerDir("", fallback, 1<<20)
+	if err != nil {
+		t.Fatalf("by default: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	if parent := filepath.Dir(dir); parent != ramDir && parent != fallback {
+		t.Errorf("by default: %q, want it under %s or %s", dir, ramDir, fallback)
+	}
+	if dir, err := benchBrokerDir("", fallback, 1<<62); err != nil || filepath.Dir(dir) != fallback {
+		t.Errorf("with no room in %s: %q, %v; want it under %s", ramDir, dir, err, fallback)
+	}
+	if _, err := benchBrokerDir(filepath.Join(given, "missing"), fallback, 1<<20); err == nil {
+		t.Error("a --broker-dir that is not there: no error")
+	}
+}
+
 // A bench-system process answers each order, and stops its system once
 // its orders end.
 func TestObey(t *testing.T) {
