@@ -332,12 +332,12 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 			// Decoded again from a copy: the previous batch's arenas,
 			// which its state points into, are reused before this
 			// batch's overlay is done with.
-			return decodeSnapshot(agg, append(pb.ar.buf(len(e.Value)), e.Value...))
+			return decodeSnapshot(agg, append(pb.ar.buf(len(e.Value)), e.Value...), true)
 		}
 	}
 	if v, ok := w.cache.get(pb.a, id, pb.ar.buf); ok {
 		w.metrics.cacheHits.Inc()
-		return decodeSnapshot(agg, v)
+		return decodeSnapshot(agg, v, true) // the cache holds only what this worker wrote
 	}
 	w.metrics.cacheMisses.Inc()
 	if pb.a.ids.absent(id) {
@@ -350,11 +350,17 @@ func (pb *partBatch) load(id string) (*aggState, error) {
 	if err != nil {
 		return nil, err
 	}
-	return decodeSnapshot(agg, v)
+	return decodeSnapshot(agg, v, false)
 }
 
-func decodeSnapshot(agg *topology.Aggregate, v []byte) (*aggState, error) {
-	snap, replies, bodies, err := agg.Schemas().ReadSnapshot(v)
+// decodeSnapshot decodes a snapshot; own says that this worker wrote v
+// (schemas.Registry.ReadOwnSnapshot), else v is checked whole.
+func decodeSnapshot(agg *topology.Aggregate, v []byte, own bool) (*aggState, error) {
+	read := agg.Schemas().ReadSnapshot
+	if own {
+		read = agg.Schemas().ReadOwnSnapshot
+	}
+	snap, replies, bodies, err := read(v)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}

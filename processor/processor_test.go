@@ -146,7 +146,7 @@ func testCommandsToRepliesEventsAndSnapshots(t *testing.T, polls func(*Config)) 
 	// fold of its events.
 	latest := map[string]*aggState{}
 	for _, r := range e.readAll(e.topics.Snapshots) {
-		st, err := decodeSnapshot(e.agg, r.Value)
+		st, err := decodeSnapshot(e.agg, r.Value, false)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -62,6 +62,24 @@ func BenchmarkCodec(b *testing.B) {
 				}
 			}
 		})
+		if name != schemas.SnapshotName {
+			continue
+		}
+		// The worker's readers of a snapshot: from a store (every reply
+		// checked) and from its own cache (the window taken whole).
+		for _, read := range []struct {
+			name string
+			fn   func([]byte) (schemas.Snapshot, int, []byte, error)
+		}{{"read", reg.ReadSnapshot}, {"read-own", reg.ReadOwnSnapshot}} {
+			b.Run(read.name+"/"+tc.name, func(b *testing.B) {
+				b.SetBytes(int64(len(data)))
+				for b.Loop() {
+					if _, _, _, err := read.fn(data); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 

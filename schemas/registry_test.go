@@ -138,9 +138,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			t.Errorf("AppendSnapshot(%s) wrote %d bytes, Encode %d; they differ from byte %d", want.AggregateID, len(fast), len(data), firstDiff(fast, data))
 		}
 		// And from the bodies in one piece, as ReadSnapshot returns them.
-		_, n, whole, _ := r.ReadSnapshot(data)
-		if fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, n, [][]byte{whole}); !bytes.Equal(fast, data) {
+		snap, n, whole, _ := r.ReadSnapshot(data)
+		fast := r.AppendSnapshot(nil, want.AggregateID, want.Version, want.CommandOffset, want.State, n, [][]byte{whole})
+		if !bytes.Equal(fast, data) {
 			t.Errorf("AppendSnapshot(%s) of ReadSnapshot's bodies differs from Encode from byte %d", want.AggregateID, firstDiff(fast, data))
+		}
+		// ReadOwnSnapshot reads what AppendSnapshot wrote as ReadSnapshot does.
+		own, ownN, ownWhole, err := r.ReadOwnSnapshot(fast)
+		if err != nil || !reflect.DeepEqual(own, snap) || ownN != n || !bytes.Equal(ownWhole, whole) {
+			t.Errorf("ReadOwnSnapshot(%s) = %+v, %d replies, %v; ReadSnapshot %+v, %d replies", want.AggregateID, own, ownN, err, snap, n)
 		}
 	}
 	// A nil Recent is written as an empty array and read back as one.
@@ -172,6 +178,15 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	fast, bodies, err := readSnapshotWhole(r, blocks)
 	if err != nil || !reflect.DeepEqual(fast, want) || len(bodies) != 2 || fast.Recent[1] != two {
 		t.Errorf("ReadSnapshot(two blocks) = %+v, %d bodies, %v; Decode = %+v", fast, len(bodies), err, want)
+	}
+	// ReadOwnSnapshot reads a form AppendSnapshot does not write, and a
+	// truncated snapshot, by ReadSnapshot.
+	for _, data := range [][]byte{blocks, blocks[:len(blocks)-1]} {
+		s1, n1, b1, err1 := r.ReadSnapshot(data)
+		s2, n2, b2, err2 := r.ReadOwnSnapshot(data)
+		if !reflect.DeepEqual(s1, s2) || n1 != n2 || !bytes.Equal(b1, b2) || (err1 == nil) != (err2 == nil) {
+			t.Errorf("ReadOwnSnapshot(% x) = %+v, %d, %v; ReadSnapshot %+v, %d, %v", data, s2, n2, err2, s1, n1, err1)
+		}
 	}
 }
 
@@ -712,6 +727,7 @@ func FuzzDecode(f *testing.F) {
 		FindReply(data, "c")
 		SkipReplies(data, 2)
 		AppendWindowReply(nil, data)
+		_, _, _, _ = r.ReadOwnSnapshot(data)
 		// The hand-written snapshot reader agrees with hamba's.
 		want, werr := r.Decode(SnapshotName, data)
 		got, bodies, err := readSnapshotWhole(r, data)
