@@ -65,12 +65,11 @@ The broker is a "decider broker" child process by default (it does not
 share this process's memory and garbage collector with what is measured),
 or --broker embedded, or a cluster with --brokers (topics named
 bench-<run>-… are created and deleted again). A broker it starts keeps its
-log in /dev/shm, in RAM, when that has room for it (--broker-dir to
-choose; a default run writes 2.3 GB): on
-this machine's disk, the kernel's write-back of the log's pages, hundreds
-of MB at once, stalls the broker's writes, a stall that falls in whichever
-system's turn it happens in and that no worker whose broker has disks of
-its own sees.
+log in /dev/shm, in RAM, when that has room for it (a default run writes
+2.3 GB; --broker-dir to choose): on a disk, the kernel's write-back of the
+log's pages, hundreds of MB at once, stalls the broker's writes, a stall
+that falls in whichever system's turn it happens in and that no worker
+whose broker has disks of its own sees.
 
 Examples:
   decider bench
@@ -498,9 +497,9 @@ const ramDir = "/dev/shm"
 // benchBrokerDir makes the directory the bench's broker keeps its log in,
 // under base, or when base is "" under ramDir if it has room for need
 // bytes, else under fallback (the bench's temporary directory, which also
-// holds the state store). Why in RAM: the broker writes every batch of both systems to its
-// log files, and the kernel writes their dirty pages back hundreds of MB
-// at once, the broker's writes stalling meanwhile. With the log on disk,
+// holds the state store). Why in RAM: the broker writes every batch of
+// both systems to its log files, and the kernel writes their dirty pages
+// back hundreds of MB at once, the broker's writes stalling meanwhile. With the log on disk,
 // in `decider bench --commands 4000000 --loads 10000 --rounds 1
 // --restore-aggregates 1000` (full dedupe windows), Dirty in /proc/meminfo
 // fell from 380 MB to 0 in half a second of decider's latency run, and
@@ -511,8 +510,8 @@ func benchBrokerDir(base, fallback string, need uint64) (string, error) {
 	if base != "" {
 		return os.MkdirTemp(base, "decider-bench-broker-")
 	}
-	var fs syscall.Statfs_t
-	if syscall.Statfs(ramDir, &fs) == nil && fs.Bavail*uint64(fs.Bsize) >= need {
+	var st syscall.Statfs_t
+	if syscall.Statfs(ramDir, &st) == nil && st.Bavail*uint64(st.Bsize) >= need {
 		if dir, err := os.MkdirTemp(ramDir, "decider-bench-broker-"); err == nil {
 			return dir, nil
 		}
