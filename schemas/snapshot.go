@@ -137,7 +137,8 @@ func (r *Registry) ReadSnapshot(data []byte) (s Snapshot, replies int, bodies []
 // ReadOwnSnapshot is ReadSnapshot for data that AppendSnapshot wrote in
 // this process (a worker's cache of the snapshots it wrote): the window is
 // taken whole by its block's size, not read reply by reply, so its replies
-// are not checked (a full window's check was a lookup's largest part).
+// are not checked (with a full window of 32: 70 instead of 780 ns,
+// BenchmarkCodec/read-own).
 // Data in any other form is read by ReadSnapshot; data from anywhere else
 // (a changelog, a store) must be.
 func (r *Registry) ReadOwnSnapshot(data []byte) (s Snapshot, replies int, bodies []byte, err error) {
