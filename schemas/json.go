@@ -28,7 +28,7 @@ func (r *Registry) EncodeJSON(name string, data []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
-	return r.encode(b, native)
+	return r.encode(b, native, nil)
 }
 
 // fromJSON converts a decoded JSON value to the Go value hamba/avro encodes

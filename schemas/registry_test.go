@@ -521,6 +521,14 @@ func TestSchemaEvolution(t *testing.T) {
 		t.Errorf("Decode(v2 bytes) = %+v, %v", got, err)
 	}
 
+	// A value of the type bound before is still written as hamba writes
+	// it, not with the encoder compiled for the type bound now.
+	if _, v, err := r.Encode(thing1{ID: "t-3"}); err != nil {
+		t.Errorf("Encode(thing1) after thing2 was bound: %v", err)
+	} else if got, err := r.Decode(name, v); err != nil || got != (thing2{ID: "t-3", Count: 7, Label: "none"}) {
+		t.Errorf("thing1 written after thing2 was bound decodes as %+v, %v", got, err)
+	}
+
 	// Adding a known version again changes nothing.
 	if err := r.Add(thingV1); err != nil {
 		t.Errorf("Add(v1) again: %v", err)
