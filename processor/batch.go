@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/deciderhq/decider/schemas"
 	"github.com/deciderhq/decider/statestore"
@@ -109,6 +110,7 @@ func (b *batch) run(ctx context.Context, ftp kgo.FetchTopicPartition, next *atom
 	}
 	pb := &partBatch{b: b, a: a, overlay: statestore.NewOverlay(a.agg.Name(), a.key.partition, len(ftp.Records)), ar: b.w.arenas.get(), prev: b.prev[a], next: next}
 	pb.snapshotPromise, pb.began = pb.snapshotWritten, time.Now()
+	pb.tally.init(len(ftp.Records))
 	defer func() { pb.prev = nil }() // its arenas are reused once its transaction ended
 	b.mu.Lock()
 	b.parts = append(b.parts, pb)
@@ -594,15 +596,11 @@ func (pb *partBatch) event(c *command, v int64, e encoded) *kgo.Record {
 	return r
 }
 
-// typeValues caches the ce_type header value of each record name.
-var typeValues sync.Map // string → []byte
-
+// typeValue returns the ce_type header value of a record name: the name's
+// own bytes, which the client only reads. (Looked up in a sync.Map of
+// copies, it was 0.75% of the worker's CPU flat out.)
 func typeValue(name string) []byte {
-	if v, ok := typeValues.Load(name); ok {
-		return v.([]byte)
-	}
-	v, _ := typeValues.LoadOrStore(name, []byte(name))
-	return v.([]byte)
+	return unsafe.Slice(unsafe.StringData(name), len(name))
 }
 
 // Header values the same on every record; records share them (the client
