@@ -466,6 +466,13 @@ func TestMergeFetches(t *testing.T) {
 	if mergeFetches(nil, kgo.NewErrFetch(context.Canceled)) != nil {
 		t.Error("a poll cut short and nothing else merged into something")
 	}
+	// The short cuts: a poll merged into nothing, and a poll cut short
+	// merged into a poll.
+	for name, fs := range map[string]kgo.Fetches{"into nothing": mergeFetches(nil, a), "cut short": mergeFetches(a, kgo.NewErrFetch(context.Canceled))} {
+		if n := fs.NumRecords(); n != 3 || len(fs) != 1 || len(fs[0].Topics[0].Partitions) != 2 {
+			t.Errorf("merged %s: %d records in %v, want the poll's 3 in its 2 entries", name, n, fs)
+		}
+	}
 }
 
 // acc1Shares returns an offline worker, an assignment of its partition 0,
