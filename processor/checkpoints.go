@@ -72,10 +72,21 @@ type storeWrite struct {
 	counts   map[string]int // snapshots written, by reason (writeEvicted, …)
 }
 
+// newStoreWrite begins a store write. There is one at a time (the loop's
+// apply, or the flush after it), and its maps are the worker's, emptied
+// and kept: made for each committed batch, they were 1.6% of the worker's
+// CPU at 10k commands/s.
 func (w *Worker) newStoreWrite(size int) *storeWrite {
-	s := &storeWrite{w: w, writes: w.cfg.Store.NewWrites(size), owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}, counts: map[string]int{}}
+	s := &w.storeWrite
+	if s.gens == nil {
+		*s = storeWrite{w: w, gens: map[uint64]*assigned{}, owned: map[*assigned]bool{}, locked: map[partitionKey]bool{}, counts: map[string]int{}}
+	}
+	s.writes, s.err, s.stopping = w.cfg.Store.NewWrites(size), nil, false
+	clear(s.gens)
+	clear(s.owned)
+	clear(s.locked)
+	clear(s.counts)
 	w.mu.Lock()
-	s.gens = make(map[uint64]*assigned, len(w.parts)) // at its size: grown from empty, each batch took twice as long
 	for _, a := range w.parts {
 		s.gens[a.gen] = a
 	}
@@ -160,7 +171,8 @@ func (s *storeWrite) close() {
 	for _, l := range s.locks {
 		l.Unlock()
 	}
-	s.locks = nil
+	clear(s.locks)
+	s.locks = s.locks[:0]
 }
 
 // sweep goes on with the round after a committed batch that put bytes of

@@ -138,6 +138,7 @@ type Worker struct {
 	metrics     *metrics
 	cache       *stateCache
 	checkpoints checkpoints       // of the state store, as the cache is written to it
+	storeWrite  storeWrite        // the one under way, or the last (see newStoreWrite)
 	storeFailed bool              // a write to the store failed: nothing more is written (see storeWrite.commit)
 	sess        *kafkatxn.Session // set under mu, for Ready
 	adm         *kadm.Client
