@@ -420,6 +420,11 @@ func (w *Worker) loop(ctx context.Context) error {
 		b.done = make(chan struct{})
 		w.ender <- func() { // free once it has tallied the end before, which is settled
 			w.end(ctx, b)
+			// end made the loop ready (b.ended, b.done) on this
+			// goroutine's P, which runs it only once this one blocks:
+			// yield, so that the loop begins the next transaction now,
+			// not after the tally.
+			runtime.Gosched()
 			if b.committed {
 				// After done: off the cycle, and off the loop. (Tallied
 				// before done until the seventeenth round, it was in the
@@ -430,6 +435,13 @@ func (w *Worker) loop(ctx context.Context) error {
 				b.tallyCommitted(b.fetches.NumRecords())
 			}
 		}
+		// The send made the ender ready on the loop's P, which would run
+		// it only once the loop blocks, after the apply below: yield, so
+		// that b's flush starts now and the apply runs beside it. (At 10k
+		// commands/s, from the send to b's first record produced: 44–81
+		// µs a transaction without, 10–21 with; at 1k/s the p50 ratio
+		// went from 1.05–1.18 to 0.99–1.00.)
+		runtime.Gosched()
 		ending = b
 		if err := w.applyCommitted(committed); err != nil {
 			<-b.done
