@@ -420,11 +420,6 @@ func (w *Worker) loop(ctx context.Context) error {
 		b.done = make(chan struct{})
 		w.ender <- func() { // free once it has tallied the end before, which is settled
 			w.end(ctx, b)
-			// end made the loop ready (b.ended, b.done) on this
-			// goroutine's P, which runs it only once this one blocks:
-			// yield, so that the loop begins the next transaction now,
-			// not after the tally (see handOver).
-			b.handOver()
 			if b.committed {
 				// After done: off the cycle, and off the loop. (Tallied
 				// before done until the seventeenth round, it was in the
@@ -435,32 +430,12 @@ func (w *Worker) loop(ctx context.Context) error {
 				b.tallyCommitted(b.fetches.NumRecords())
 			}
 		}
-		// The send made the ender ready on the loop's P, which would run
-		// it only once the loop blocks, after the apply below: yield, so
-		// that b's flush starts now and the apply runs beside it.
-		b.handOver()
 		ending = b
 		if err := w.applyCommitted(committed); err != nil {
 			<-b.done
 			b.release()
 			return err
 		}
-	}
-}
-
-// handOver yields the goroutine that just made the other one of the loop
-// and the ender ready, if b is a small batch. A goroutine made ready runs
-// on its maker's P once the maker blocks (unless an idle P steals it), so
-// the ender started a batch's produce after the loop's apply of the batch
-// before, and the loop began the next transaction after the ender's tally:
-// at 10k commands/s, 44–81 µs from handing a batch over to its first
-// record produced, 10–21 with the yield. A goroutine that yields waits
-// behind the work its P has queued, which is franz-go's producing of a
-// large batch: yielding after every batch made decider fall behind at 50k
-// commands/s (the twenty-second round in cmd/decider/PERFORMANCE.md).
-func (b *batch) handOver() {
-	if b.fetches.NumRecords() < minHandOff {
-		runtime.Gosched()
 	}
 }
 
