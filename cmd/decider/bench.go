@@ -41,14 +41,15 @@ prints every figure next to its ratio to the reference's:
  2. latency: an open-loop sender offers commands at each of --loads per
     second, and a reader of the replies topic measures send → reply (p50,
     p99, p999). Each system gets --duration of each load, in --rounds
-    rounds in which the systems take turns (decider, reference,
-    reference, decider, …), each warmed up for a second before its turn
-    is measured. Each p99 ratio is printed with its 90% interval: each
-    system's latencies, by the second their commands were sent in, are
-    drawn again with replacement, and the ratio of the drawn p99s taken.
-    Decider stays up from its flat-out run to the end (a restart would
-    empty its state cache); the reference, which holds no state, is
-    stopped after its flat-out run and started for each turn.
+    rounds; in each round the systems take turns at each load (decider,
+    reference, reference, decider, …), so that a slow spell of the
+    machine falls on both. Each p99 ratio is printed with its 90%
+    interval: each system's latencies, by the second their commands were
+    sent in, are drawn again with replacement, and the ratio of the drawn
+    p99s taken. Decider stays up from its flat-out run to the end (a
+    restart would empty its state cache); the reference is stopped after
+    its flat-out run and started again for its first turn, warmed up for
+    a second, and then stays up too.
  3. restore: --restore-aggregates snapshots in the changelog are restored
     into an empty store, every partition in parallel as a worker does.
  4. peak RSS of each system's process in its flat-out run and of this
@@ -228,10 +229,13 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 	}
 	// The reference runs first and is stopped after its flat-out run, so
 	// that decider's runs alone. Decider, whose state cache a restart would
-	// empty, then stays up through every latency round; the reference, which
-	// holds no state, is started again for each of its rounds. The rounds
-	// take turns ABBA…, decider first: what its flat-out run left to do
-	// (Pebble's flushes and compactions) falls in its own round.
+	// empty, then stays up through every latency round, and the reference
+	// from its first turn on: the one waiting for its turn is idle. The
+	// systems take turns at each load of each round ABBA…, decider first:
+	// what its flat-out run left to do (Pebble's flushes and compactions)
+	// falls in its own turn. (Until the twenty-third round a turn held
+	// every load, 16 s: the machine's slow spells, which last a minute or
+	// more, fell on one system's turns more than on the other's.)
 	systems := []*benchSystem{
 		{name: "reference", out: &res.Reference},
 		{name: "decider", out: &res.Decider, keep: true},
@@ -262,13 +266,15 @@ func (b *bench) measureAll(ctx context.Context, res *benchResult, cleanUp bool) 
 		}
 	}
 	for round := range b.rounds {
-		for turn := range systems {
-			s := systems[len(systems)-1-turn]
-			if round%2 == 1 {
-				s = systems[turn]
-			}
-			if err := b.latencyRound(ctx, s, agg, round); err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
+		for j := range b.loads {
+			for turn := range systems {
+				s := systems[len(systems)-1-turn]
+				if (round*len(b.loads)+j)%2 == 1 {
+					s = systems[turn]
+				}
+				if err := b.latencyTurn(ctx, s, agg, round, j); err != nil {
+					return fmt.Errorf("%s: %w", s.name, err)
+				}
 			}
 		}
 	}
@@ -303,6 +309,9 @@ type benchSystem struct {
 	name string
 	out  *systemResult
 	keep bool // up from its flat-out run to the end of the latency rounds
+	warm bool // warmed up for its latency turns
+
+	stopProfile func() // of its first round's turns
 
 	app     *topology.App
 	waitCtx context.Context // ends when the running system stops
@@ -433,52 +442,56 @@ func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggre
 	return fail(nil)
 }
 
-// latencyRound offers s each load for --duration/--rounds, after a second
-// of warming up at the first load (a client's first requests find no
-// connection yet), and adds the runs to s.runs. The CPU profile, if asked
-// for, covers the first round. A system not running is
-// started for the round, and stopped after it.
-func (b *bench) latencyRound(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round int) (err error) {
+// latencyTurn offers s load j of the bench for --duration/--rounds and
+// adds the run to s.runs[j]. A system not running is started, warmed up
+// for a second at the first load (a client's first requests find no
+// connection yet) and left running. The CPU profile, if asked for, covers
+// s's turns of the first round (and the other's between them, in which s
+// is idle).
+func (b *bench) latencyTurn(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round, j int) error {
+	each := b.duration / time.Duration(b.rounds)
 	if s.stop == nil {
 		if err := b.start(ctx, s); err != nil {
 			return err
 		}
-		defer func() {
-			err = errors.Join(err, s.stop())
-			s.stop = nil
-		}()
 		if _, err := waitAssigned(s.waitCtx, b.adm, s.app.Group(), s.app.Topics(agg).Commands, agg.Partitions()); err != nil {
 			return err
 		}
 	}
-	w := newWorkload(agg, s.app.Topics(agg), b.accounts, 2+uint64(round))
-	each := b.duration / time.Duration(b.rounds)
-	warm, err := measureLatency(s.waitCtx, b.kafka, w, s.next, b.loads[0], min(time.Second, each), fmt.Sprintf("w%d", round))
-	s.next += warm.sent
-	if err != nil {
-		return fmt.Errorf("warm-up: %w", err)
-	}
-	b.say("%s: round %d of %d", s.name, round+1, b.rounds)
-	if round == 0 {
-		stopProfile, err := b.profile(s, s.name+"-latency")
+	if !s.warm {
+		w := newWorkload(agg, s.app.Topics(agg), b.accounts, 0)
+		warm, err := measureLatency(s.waitCtx, b.kafka, w, s.next, b.loads[0], min(time.Second, each), "w")
+		s.next += warm.sent
 		if err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		s.warm = true
+	}
+	load := b.loads[j]
+	b.say("%s: round %d of %d, %d/s", s.name, round+1, b.rounds, load)
+	if round == 0 && j == 0 {
+		var err error
+		if s.stopProfile, err = b.profile(s, s.name+"-latency"); err != nil {
 			return err
 		}
-		defer stopProfile()
 	}
-	for i, load := range b.loads {
-		cpuBegan, callerBegan, brokerBegan := s.cpu(), cpuTime(0), cpuTime(b.brokerPID)
-		r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
-		r.cpu, r.brokerCPU = s.cpu()-cpuBegan, cpuTime(b.brokerPID)-brokerBegan
-		if s.child != nil {
-			r.callerCPU = cpuTime(0) - callerBegan
-		}
-		s.next += r.sent
-		if err != nil {
-			return fmt.Errorf("latency at %d/s: %w", load, err)
-		}
-		s.runs[i].add(r)
+	if round == 0 && j == len(b.loads)-1 {
+		defer s.stopProfile()
 	}
+	// Each turn's commands are a workload of their own, the same for both
+	// systems.
+	w := newWorkload(agg, s.app.Topics(agg), b.accounts, 2+uint64(round*len(b.loads)+j))
+	cpuBegan, callerBegan, brokerBegan := s.cpu(), cpuTime(0), cpuTime(b.brokerPID)
+	r, err := measureLatency(s.waitCtx, b.kafka, w, s.next, load, each, fmt.Sprintf("%d-%d", load, round))
+	r.cpu, r.brokerCPU = s.cpu()-cpuBegan, cpuTime(b.brokerPID)-brokerBegan
+	if s.child != nil {
+		r.callerCPU = cpuTime(0) - callerBegan
+	}
+	s.next += r.sent
+	if err != nil {
+		return fmt.Errorf("latency at %d/s: %w", load, err)
+	}
+	s.runs[j].add(r)
 	return nil
 }
 
