@@ -309,7 +309,6 @@ type benchSystem struct {
 	name string
 	out  *systemResult
 	keep bool // up from its flat-out run to the end of the latency rounds
-	warm bool // warmed up for its latency turns
 
 	stopProfile func() // of its first round's turns
 
@@ -443,11 +442,11 @@ func (b *bench) flatOut(ctx context.Context, s *benchSystem, agg *topology.Aggre
 }
 
 // latencyTurn offers s load j of the bench for --duration/--rounds and
-// adds the run to s.runs[j]. A system not running is started, warmed up
-// for a second at the first load (a client's first requests find no
-// connection yet) and left running. The CPU profile, if asked for, covers
-// s's turns of the first round (and the other's between them, in which s
-// is idle).
+// adds the run to s.runs[j]. A system not running is started and left
+// running. Its first turn is warmed up for a second at the first load (a
+// client's first requests find no connection yet). The CPU profile, if
+// asked for, covers s's turns of the first round (and the other's between
+// them, in which s is idle).
 func (b *bench) latencyTurn(ctx context.Context, s *benchSystem, agg *topology.Aggregate, round, j int) error {
 	each := b.duration / time.Duration(b.rounds)
 	if s.stop == nil {
@@ -458,23 +457,19 @@ func (b *bench) latencyTurn(ctx context.Context, s *benchSystem, agg *topology.A
 			return err
 		}
 	}
-	if !s.warm {
+	if round == 0 && j == 0 { // s's first turn
 		w := newWorkload(agg, s.app.Topics(agg), b.accounts, 0)
 		warm, err := measureLatency(s.waitCtx, b.kafka, w, s.next, b.loads[0], min(time.Second, each), "w")
 		s.next += warm.sent
 		if err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
-		s.warm = true
-	}
-	load := b.loads[j]
-	b.say("%s: round %d of %d, %d/s", s.name, round+1, b.rounds, load)
-	if round == 0 && j == 0 {
-		var err error
 		if s.stopProfile, err = b.profile(s, s.name+"-latency"); err != nil {
 			return err
 		}
 	}
+	load := b.loads[j]
+	b.say("%s: round %d of %d, %d/s", s.name, round+1, b.rounds, load)
 	if round == 0 && j == len(b.loads)-1 {
 		defer s.stopProfile()
 	}
