@@ -310,15 +310,14 @@ type benchSystem struct {
 	out  *systemResult
 	keep bool // up from its flat-out run to the end of the latency rounds
 
-	stopProfile func() // of its first round's turns
-
-	app     *topology.App
-	waitCtx context.Context // ends when the running system stops
-	stop    func() error    // of the running system; nil when it is not running
-	child   *systemProcess  // the process it runs in; nil for this one
-	cpuBase time.Duration   // this process's CPU time when s started in it
-	next    int             // the next command of its latency workload
-	runs    []latencyRun    // by load
+	app         *topology.App
+	waitCtx     context.Context // ends when the running system stops
+	stop        func() error    // of the running system; nil when it is not running
+	child       *systemProcess  // the process it runs in; nil for this one
+	cpuBase     time.Duration   // this process's CPU time when s started in it
+	next        int             // the next command of its latency workload
+	runs        []latencyRun    // by load
+	stopProfile func()          // of its first round's turns
 }
 
 // cpu returns the CPU time s's process used since s started: its own
