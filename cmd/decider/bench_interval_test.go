@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"testing/fstest"
 	"time"
 )
 
@@ -57,5 +58,30 @@ func TestRatioInterval(t *testing.T) {
 	}
 	if lo, hi := ratioInterval(nil, seconds(2, 5, 1, -1), 0.99); lo != 0 || hi != 0 {
 		t.Errorf("no blocks: %v–%v, want 0–0", lo, hi)
+	}
+}
+
+// memoryMonitor names the DAMON contexts of the kdamonds that are on, and
+// nothing where none is on or DAMON is absent.
+func TestMemoryMonitor(t *testing.T) {
+	on := fstest.MapFS{
+		"kdamonds/nr_kdamonds":                                       {Data: []byte("2\n")},
+		"kdamonds/0/state":                                           {Data: []byte("on\n")},
+		"kdamonds/0/contexts/nr_contexts":                            {Data: []byte("1\n")},
+		"kdamonds/0/contexts/0/operations":                           {Data: []byte("paddr\n")},
+		"kdamonds/0/contexts/0/monitoring_attrs/intervals/sample_us": {Data: []byte("500000\n")},
+		"kdamonds/1/state":                                           {Data: []byte("off\n")},
+		"kdamonds/1/contexts/0/operations":                           {Data: []byte("vaddr\n")},
+		"kdamonds/1/contexts/0/monitoring_attrs/intervals/sample_us": {Data: []byte("5000\n")},
+	}
+	if got, want := memoryMonitor(on), "kernel DAMON on (paddr sampled every 500ms)"; got != want {
+		t.Errorf("on: %q, want %q", got, want)
+	}
+	off := fstest.MapFS{"kdamonds/0/state": {Data: []byte("off\n")}}
+	if got := memoryMonitor(off); got != "" {
+		t.Errorf("off: %q, want none", got)
+	}
+	if got := memoryMonitor(fstest.MapFS{}); got != "" {
+		t.Errorf("absent: %q, want none", got)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -43,10 +44,14 @@ type machine struct {
 	CPU        string `json:"cpu"`
 	GoVersion  string `json:"go_version"`
 	OS         string `json:"os"`
+	// MemoryMonitor names the kernel's DAMON monitors that are on ("" for
+	// none; see memoryMonitor).
+	MemoryMonitor string `json:"memory_monitor,omitempty"`
 }
 
 func thisMachine() machine {
-	m := machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	m := machine{Cores: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH,
+		MemoryMonitor: memoryMonitor(os.DirFS("/sys/kernel/mm/damon/admin"))}
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {
 		defer f.Close()
 		for sc := bufio.NewScanner(f); sc.Scan(); {
@@ -57,6 +62,41 @@ func thisMachine() machine {
 		}
 	}
 	return m
+}
+
+// memoryMonitor describes the kernel's DAMON monitors that are on, from
+// root, the admin directory of DAMON's sysfs interface: "kernel DAMON on
+// (paddr sampled every 500ms)", or "" where none is on. A kdamond thread
+// that samples the machine's memory takes a core at each sample for tens
+// of milliseconds, and stalls the processes whose pages it checks: a
+// periodic stall of every process measured, which lands in both systems'
+// latency tails, deepest in the busier one's (PERFORMANCE.md, the
+// twenty-fourth round).
+func memoryMonitor(root fs.FS) string {
+	states, _ := fs.Glob(root, "kdamonds/*/state")
+	var on []string
+	for _, state := range states {
+		if b, err := fs.ReadFile(root, state); err != nil || strings.TrimSpace(string(b)) != "on" {
+			continue
+		}
+		contexts, _ := fs.Glob(root, path.Join(path.Dir(state), "contexts", "*"))
+		for _, c := range contexts {
+			ops, err := fs.ReadFile(root, path.Join(c, "operations"))
+			if err != nil { // nr_contexts, not a context
+				continue
+			}
+			us, _ := fs.ReadFile(root, path.Join(c, "monitoring_attrs", "intervals", "sample_us"))
+			desc := strings.TrimSpace(string(ops))
+			if n, err := strconv.ParseInt(strings.TrimSpace(string(us)), 10, 64); err == nil {
+				desc += " sampled every " + (time.Duration(n) * time.Microsecond).String()
+			}
+			on = append(on, desc)
+		}
+	}
+	if len(on) == 0 {
+		return ""
+	}
+	return "kernel DAMON on (" + strings.Join(on, ", ") + ")"
 }
 
 // loadLabel names a load in JSON keys: 1000 → "1k", 1500 → "1500".
@@ -149,7 +189,11 @@ func (r *benchResult) summary() map[string]any {
 // reference, and their ratio.
 func (r *benchResult) table(w io.Writer) {
 	m := r.Machine
-	fmt.Fprintf(w, "decider bench: %d cores (%s), GOMAXPROCS %d, %s, %s; broker: %s\n", m.Cores, m.CPU, m.GOMAXPROCS, m.GoVersion, m.OS, r.Broker)
+	fmt.Fprintf(w, "decider bench: %d cores (%s), GOMAXPROCS %d, %s, %s; broker: %s", m.Cores, m.CPU, m.GOMAXPROCS, m.GoVersion, m.OS, r.Broker)
+	if m.MemoryMonitor != "" {
+		fmt.Fprintf(w, "; %s", m.MemoryMonitor)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "%d partitions; %d commands over %d accounts; latency: %s of each load per system, in %d rounds taking turns\n\n", r.Partitions, r.Commands, r.Accounts, r.Duration, r.Rounds)
 	row := func(name string, d, ref float64, format string) {
 		fmt.Fprintf(w, "%-32s %12s %12s %18.2f\n", name, fmt.Sprintf(format, d), fmt.Sprintf(format, ref), ratio(d, ref))
