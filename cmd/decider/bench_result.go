@@ -67,11 +67,10 @@ func thisMachine() machine {
 // memoryMonitor describes the kernel's DAMON monitors that are on, from
 // root, the admin directory of DAMON's sysfs interface: "kernel DAMON on
 // (paddr sampled every 500ms)", or "" where none is on. A kdamond thread
-// that samples the machine's memory takes a core at each sample for tens
-// of milliseconds, and stalls the processes whose pages it checks: a
-// periodic stall of every process measured, which lands in both systems'
-// latency tails, deepest in the busier one's (PERFORMANCE.md, the
-// twenty-fourth round).
+// that samples the machine's memory runs on a core at each sample for tens
+// of milliseconds: a periodic stall of whatever is busy then, which lands
+// in both systems' latency tails, deepest in the one that needs more CPU
+// (PERFORMANCE.md, the twenty-fourth round).
 func memoryMonitor(root fs.FS) string {
 	states, _ := fs.Glob(root, "kdamonds/*/state")
 	var on []string
